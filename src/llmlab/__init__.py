@@ -1,0 +1,10 @@
+"""llmlab: every LLM technique from scratch, proven equal to the reference."""
+
+from llmlab.errors import ConfigError, LlmlabError
+from llmlab.model.config import RopeScaling, TransformerConfig
+from llmlab.model.io import load_model, save_model
+from llmlab.model.transformer import Transformer
+
+__all__ = ["ConfigError", "LlmlabError", "RopeScaling", "Transformer", "TransformerConfig", "load_model",
+           "save_model"]
+__version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""The `llmlab` command. Each command parses its options and calls the library; no logic lives here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from llmlab.cli import bench, model_cmds, run_cmd
+from llmlab.errors import LlmlabError
+
+app = typer.Typer(help="llmlab: LLM techniques from scratch, proven equal to the references.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.command("run", help="The main job: build a model from a preset, train briefly on real text, report.")(
+    run_cmd.run)
+app.command("export", help="Export MODEL (llmlab run dir or HF dir) to another format.")(model_cmds.export)
+app.command("info", help="Show a model's config, parameters and FLOPs (llmlab run dir or HF dir).")(
+    model_cmds.info)
+app.add_typer(bench.app, name="bench", help="Benchmarks: ours vs the alternative, measured in one run.")
+
+err = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes print one red line and exit 2, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except LlmlabError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+    except Exception as e:  # click usage errors carry their own message
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+

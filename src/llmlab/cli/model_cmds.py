@@ -1,0 +1,44 @@
+"""`llmlab export` and `llmlab info`: commands that take a MODEL (llmlab run dir or HF checkpoint dir)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmlab.errors import LlmlabError
+from llmlab.model.flops import count_params, flops_per_token
+from llmlab.model.io import load_model
+
+console = Console()
+MODEL_ARG = typer.Argument(..., help="An llmlab run directory or a Hugging Face checkpoint directory.")
+
+
+def export(
+    model: Path = MODEL_ARG,
+    format: str = typer.Option("hf", "--format", help="Output format: hf (config.json + model.safetensors)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write."),
+) -> None:
+    if format != "hf":
+        raise LlmlabError(f"--format {format!r} is not supported; supported: hf")
+    from llmlab.model.hf import save_hf_model
+
+    m = load_model(model)
+    path = save_hf_model(m, out)
+    console.print(f"exported {model} -> {path} (loads with transformers.AutoModelForCausalLM.from_pretrained)")
+
+
+def info(model: Path = MODEL_ARG) -> None:
+    m = load_model(model)
+    cfg = m.cfg
+    pc = count_params(cfg)
+    t = Table(title=str(model))
+    t.add_column("field")
+    t.add_column("value", justify="right")
+    for k, v in cfg.to_dict().items():
+        t.add_row(k, str(v))
+    t.add_row("parameters", f"{m.num_parameters():,} ({pc.non_embedding:,} non-embedding)")
+    t.add_row("training FLOPs/token @ max_seq_len", f"{flops_per_token(cfg):,.0f}")
+    console.print(t)

@@ -1,0 +1,184 @@
+"""`TransformerConfig`: one dataclass that turns into GPT-2, Llama, Mistral, Qwen2 or BERT.
+
+Every architectural choice is a field; the model code reads fields, it never branches on a family name.
+Values are checked at construction so a bad value fails here, naming the field, not deep in a forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmlab.errors import ConfigError
+
+ARCHS = ("decoder", "encoder")
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
+BACKENDS = ("naive", "sdpa", "flash")
+ROPE_KINDS = ("linear", "ntk", "dynamic", "yarn", "llama3")
+
+
+@dataclass
+class RopeScaling:
+    """How RoPE frequencies are stretched for contexts longer than training.
+
+    linear: position interpolation, pos / factor (Chen et al. 2023).
+    ntk: static NTK-aware base change, theta * factor^(d/(d-2)) (bloc97 2023).
+    dynamic: NTK base recomputed from the current length once it exceeds original_max_seq_len (HF "dynamic").
+    yarn: NTK-by-parts ramp between beta_fast and beta_slow plus attention temperature (Peng et al. 2023).
+    llama3: wavelength-banded scaling with low/high_freq_factor (Llama 3.1).
+    """
+
+    kind: str = "linear"
+    factor: float = 1.0
+    original_max_seq_len: int | None = None  # training context; yarn, dynamic and llama3 need it
+    beta_fast: float = 32.0  # yarn
+    beta_slow: float = 1.0  # yarn
+    attention_factor: float | None = None  # yarn: None -> 0.1 * ln(factor) + 1
+    truncate: bool = True  # yarn: round the ramp bounds to whole dimensions, as HF does by default
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROPE_KINDS:
+            raise ConfigError(f"rope_scaling.kind={self.kind!r} must be one of {', '.join(ROPE_KINDS)}")
+        if not self.factor > 0:
+            raise ConfigError(f"rope_scaling.factor={self.factor} must be > 0")
+        if self.kind in ("yarn", "dynamic", "llama3") and not self.original_max_seq_len:
+            raise ConfigError(f"rope_scaling.original_max_seq_len is required for kind={self.kind!r}")
+
+
+@dataclass
+class TransformerConfig:
+    """A Transformer stack. Defaults give a small Llama-style decoder."""
+
+    # --- shape
+    arch: str = "decoder"  # decoder: causal LM; encoder: bidirectional stack with a masked-LM head (BERT)
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None -> n_heads (MHA); 1 -> MQA; in between -> GQA
+    head_dim: int | None = None  # None -> d_model // n_heads
+    d_ff: int = 352
+    max_seq_len: int = 256
+    # --- positions
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    # --- attention
+    attn_backend: str = "sdpa"  # sdpa is the fast default; naive and flash are ours, tested equal to it
+    sliding_window: int | None = None  # a query sees the `sliding_window` most recent keys, itself included
+    attn_softcap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
+    qkv_bias: bool = False
+    out_bias: bool = False
+    flash_block_q: int = 64
+    flash_block_k: int = 64
+    # --- norms and MLP
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"  # pre: x + f(norm(x)) (GPT-2 onward); post: norm(x + f(x)) (original, BERT)
+    embed_norm: bool = False  # a norm right after the embeddings (BERT)
+    activation: str = "silu"
+    gated_mlp: bool = True  # act(x W_gate) * (x W_up) -> W_down: SwiGLU with silu (Shazeer 2020)
+    mlp_bias: bool = False
+    # --- embeddings and head
+    tie_embeddings: bool = False
+    n_token_types: int = 0  # segment embeddings (BERT's token_type); 0 -> none
+    mlm_head_transform: bool = False  # dense + act + norm before the vocab projection (BERT's MLM head)
+    lm_head_bias: bool = False
+    # --- regularisation and init
+    dropout: float = 0.0  # on embeddings and residual branches
+    attn_dropout: float = 0.0  # on attention probabilities
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+        self._check_choice("arch", ARCHS)
+        self._check_choice("position", POSITIONS)
+        self._check_choice("norm", NORMS)
+        self._check_choice("norm_position", NORM_POSITIONS)
+        self._check_choice("activation", ACTIVATIONS)
+        self._check_choice("attn_backend", BACKENDS)
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
+                     "flash_block_q", "flash_block_k"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ConfigError(f"n_heads={self.n_heads} must divide d_model={self.d_model} (or set head_dim)")
+            self.head_dim = self.d_model // self.n_heads
+        if self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        if self.position == "rope" and self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for position='rope'")
+        if self.position == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(f"d_model={self.d_model} must be even for position='sinusoidal'")
+        if self.rope_scaling is not None and self.position != "rope":
+            raise ConfigError(f"rope_scaling is set but position={self.position!r}; it needs position='rope'")
+        if self.rope_theta <= 0:
+            raise ConfigError(f"rope_theta={self.rope_theta} must be > 0")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ConfigError(f"sliding_window={self.sliding_window} must be a positive integer or None")
+        if self.attn_softcap is not None and self.attn_softcap <= 0:
+            raise ConfigError(f"attn_softcap={self.attn_softcap} must be > 0 or None")
+        if self.attn_softcap is not None and self.attn_backend == "sdpa":
+            raise ConfigError("attn_softcap needs attn_backend='naive' or 'flash': torch SDPA cannot soft-cap logits")
+        if self.attn_dropout > 0 and self.attn_backend == "flash":
+            raise ConfigError("attn_dropout > 0 needs attn_backend='naive' or 'sdpa': our flash kernel has no dropout")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if self.norm_eps <= 0:
+            raise ConfigError(f"norm_eps={self.norm_eps} must be > 0")
+        if self.n_token_types < 0:
+            raise ConfigError(f"n_token_types={self.n_token_types} must be >= 0")
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+
+    @property
+    def causal(self) -> bool:
+        return self.arch == "decoder"
+
+    # --- JSON round-trip
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> TransformerConfig:
+        p = Path(text_or_path)
+        text = p.read_text() if isinstance(text_or_path, Path) or (len(str(p)) < 4096 and p.is_file()) \
+            else str(text_or_path)
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    def replace(self, **changes: Any) -> TransformerConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,130 @@
+"""The Transformer stack: embeddings -> N x (attention, MLP) blocks -> head. Every choice comes from the config."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from llmlab.errors import LlmlabError
+from llmlab.model.attention import Attention, alibi_slopes
+from llmlab.model.config import TransformerConfig
+from llmlab.model.mlp import MLP, activation
+from llmlab.model.norms import make_norm
+
+
+class Block(nn.Module):
+    """pre-norm: x + f(norm(x))  (GPT-2, Llama);  post-norm: norm(x + f(x))  (Vaswani et al. 2017, BERT)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.pre_norm = cfg.norm_position == "pre"
+        self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
+        if self.pre_norm:
+            x = x + self.dropout(self.attn(self.attn_norm(x), **attn_kwargs))
+            return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        x = self.attn_norm(x + self.dropout(self.attn(x, **attn_kwargs)))
+        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+
+
+class Transformer(nn.Module):
+    """Decoder-only causal LM or encoder-only masked LM. `model(input_ids)` returns logits (B, T, vocab)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        from llmlab.model.positions import RotaryEmbedding
+
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.position == "learned" else None
+        self.type_emb = nn.Embedding(cfg.n_token_types, cfg.d_model) if cfg.n_token_types else None
+        self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else None
+        self.rope = (RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+                     if cfg.position == "rope" else None)
+        if cfg.position == "alibi":
+            self.register_buffer("alibi", alibi_slopes(cfg.n_heads), persistent=False)
+        else:
+            self.alibi = None
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.norm_position == "pre" else None
+        if cfg.mlm_head_transform:  # BERT: dense -> act -> norm, then the vocab projection
+            self.head_dense = nn.Linear(cfg.d_model, cfg.d_model)
+            self.head_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        else:
+            self.head_dense = self.head_norm = None
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
+    def reset_parameters(self) -> None:
+        """N(0, init_std) weights, zero biases; residual output projections scaled by 1/sqrt(2 n_layers) (GPT-2)."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layers))
+            else:
+                nn.init.normal_(p, std=std)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; returns logits (B, T, vocab)."""
+        cfg = self.cfg
+        if input_ids.dim() != 2:
+            raise LlmlabError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        b, t = input_ids.shape
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise LlmlabError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {(b, t)}")
+        if position_ids is None:
+            position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
+        h = self.tok_emb(input_ids)  # (B, T, d)
+        if self.pos_emb is not None:
+            if t > cfg.max_seq_len:
+                raise LlmlabError(f"sequence length {t} exceeds max_seq_len={cfg.max_seq_len} "
+                                  "(learned positions cannot extrapolate)")
+            h = h + self.pos_emb(position_ids)
+        elif cfg.position == "sinusoidal":
+            from llmlab.model.positions import sinusoidal_table
+
+            table = sinusoidal_table(int(position_ids.max()) + 1, cfg.d_model).to(h.device, h.dtype)
+            h = h + table[position_ids]
+        if self.type_emb is not None:
+            types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            h = h + self.type_emb(types)
+        if self.embed_norm is not None:
+            h = self.embed_norm(h)
+        h = self.dropout(h)
+        rope = self.rope(position_ids) if self.rope is not None else None
+        key_padding_mask = attention_mask.bool() if attention_mask is not None else None
+        for block in self.blocks:
+            h = block(h, rope=rope, key_padding_mask=key_padding_mask, alibi=self.alibi)
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        if self.head_dense is not None:
+            h = self.head_norm(activation(cfg.activation, self.head_dense(h)))
+        return self.lm_head(h)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameter count, shared (tied) tensors once; non_embedding drops token/position embeddings (Kaplan)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+        return n
+
