@@ -19,7 +19,7 @@ app.command("info", help="Show a model's config, parameters and FLOPs (llmlab ru
     model_cmds.info)
 app.add_typer(bench.app, name="bench", help="Benchmarks: ours vs the alternative, measured in one run.")
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:

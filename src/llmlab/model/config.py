@@ -99,6 +99,9 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
+            unknown = sorted(set(self.rope_scaling) - {f.name for f in dataclasses.fields(RopeScaling)})
+            if unknown:
+                raise ConfigError(f"unknown rope_scaling field(s): {', '.join(unknown)}")
             self.rope_scaling = RopeScaling(**self.rope_scaling)
         self._check_choice("arch", ARCHS)
         self._check_choice("position", POSITIONS)
@@ -171,9 +174,11 @@ class TransformerConfig:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> TransformerConfig:
-        p = Path(text_or_path)
-        text = p.read_text() if isinstance(text_or_path, Path) or (len(str(p)) < 4096 and p.is_file()) \
-            else str(text_or_path)
+        s = str(text_or_path)
+        # JSON text is never stat'ed: a long one fails as a path name (ENAMETOOLONG) before it fails is_file()
+        is_path = isinstance(text_or_path, Path) or (not s.lstrip().startswith("{") and len(s) < 4096
+                                                     and Path(s).is_file())
+        text = Path(s).read_text() if is_path else s
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:

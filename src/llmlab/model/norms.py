@@ -16,15 +16,16 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.float()
+        dt = torch.promote_types(x.dtype, torch.float32)  # at least fp32: bf16/fp16 up, fp64 stays fp64
+        h = x.to(dt)
         mean = h.mean(-1, keepdim=True)
         var = (h - mean).pow(2).mean(-1, keepdim=True)
         h = (h - mean) * torch.rsqrt(var + self.eps)
-        return (h * self.weight.float() + self.bias.float()).to(x.dtype)
+        return (h * self.weight.to(dt) + self.bias.to(dt)).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * w: no centring, no bias (Zhang & Sennrich 2019). Statistics in fp32."""
+    """y = x / sqrt(mean(x^2) + eps) * w: no centring, no bias (Zhang & Sennrich 2019). Statistics in >= fp32."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -32,7 +33,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.float()
+        h = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 up to fp32, fp64 stays fp64
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)  # cast back before the weight, as HF Llama does
 

@@ -1,0 +1,101 @@
+"""Hugging Face checkpoints <-> llmlab: read and write `config.json` + safetensors, without transformers.
+
+One module per family, each four pure functions: `config_from_hf`, `config_to_hf`, `state_from_hf`,
+`state_to_hf`. Import dispatches on `model_type`; export picks the family from the config (`family_for`).
+Weights load into a float32 model whatever dtype the checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from llmlab.errors import LlmlabError
+from llmlab.model.config import TransformerConfig
+from llmlab.model.hf import bert, gpt2, llama
+from llmlab.model.io import atomic_write, load_state_file
+from llmlab.model.transformer import Transformer
+
+FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama, "mistral": llama, "qwen2": llama, "bert": bert}
+WEIGHTS_NAME, INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
+
+
+def family_for(cfg: TransformerConfig) -> str:
+    """The HF model_type a config exports as: bert (encoder), gpt2 (learned positions), llama/mistral/qwen2 (RoPE)."""
+    if cfg.arch == "encoder":
+        return "bert"
+    if cfg.position == "learned":
+        return "gpt2"
+    if cfg.position == "rope":
+        return llama.model_type_for(cfg)
+    raise LlmlabError(f"cannot export position={cfg.position!r}: HF families here need 'learned' (gpt2, bert) "
+                      "or 'rope' (llama, mistral, qwen2)")
+
+
+def hf_config_to_llmlab(hf_config: dict[str, Any]) -> TransformerConfig:
+    model_type = hf_config.get("model_type")
+    if model_type not in FAMILIES:
+        raise LlmlabError(f"model_type={model_type!r} is not supported; llmlab imports {', '.join(FAMILIES)}")
+    return FAMILIES[model_type].config_from_hf(hf_config)
+
+
+def llmlab_to_hf_config(cfg: TransformerConfig) -> dict[str, Any]:
+    return FAMILIES[family_for(cfg)].config_to_hf(cfg)
+
+
+def read_hf_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of `model.safetensors`, or of every shard listed in `model.safetensors.index.json`."""
+    p = Path(path)
+    if (p / WEIGHTS_NAME).is_file():
+        return load_state_file(p / WEIGHTS_NAME)
+    if not (p / INDEX_NAME).is_file():
+        raise LlmlabError(f"{p} has neither {WEIGHTS_NAME} nor {INDEX_NAME} (llmlab reads safetensors only)")
+    try:
+        weight_map = json.loads((p / INDEX_NAME).read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise LlmlabError(f"{p / INDEX_NAME} is not a safetensors index: {e}") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        state.update(load_state_file(p / shard))
+    return state
+
+
+def load_hf_model(path: str | Path) -> Transformer:
+    """An HF checkpoint dir (as `save_pretrained` writes it) -> Transformer in eval mode, float32."""
+    p = Path(path)
+    try:
+        hf_config = json.loads((p / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LlmlabError(f"cannot read {p / 'config.json'}: {e}") from None
+    cfg = hf_config_to_llmlab(hf_config)
+    state = FAMILIES[hf_config["model_type"]].state_from_hf(read_hf_state(p), cfg)
+    model = Transformer(cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # shapes that disagree with config.json
+        raise LlmlabError(f"{p}: weights do not match config.json: {str(e).splitlines()[-1].strip()}") from None
+    return model.eval()
+
+
+def save_hf_model(model: Transformer, out_dir: str | Path) -> Path:
+    """Write `config.json` + `model.safetensors` that `transformers.AutoModel*.from_pretrained` loads."""
+    cfg = model.cfg
+    hf_config = llmlab_to_hf_config(cfg)
+    state = FAMILIES[hf_config["model_type"]].state_to_hf(model.state_dict(), cfg)
+    state = {k: v.detach().cpu().clone() for k, v in state.items()}  # no shared storage: safetensors refuses it
+    dtype = next(iter(state.values())).dtype
+    hf_config["dtype"] = str(dtype).removeprefix("torch.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(hf_config, indent=2) + "\n"))
+    return out
+
+
+__all__ = ["family_for", "hf_config_to_llmlab", "llmlab_to_hf_config", "load_hf_model", "read_hf_state",
+           "save_hf_model"]

@@ -1,0 +1,31 @@
+"""The `llmlab` command: subcommands run, user mistakes give one line on stderr and exit 2."""
+
+from llmlab.cli.main import main
+from llmlab.model.io import load_model
+
+
+def test_run_writes_a_loadable_run_dir(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--steps", "3", "--batch", "2", "--seq-len", "32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "parameters" in text and "training FLOPs / token" in text
+    assert load_model(out).cfg.vocab_size == 260
+    assert main(["info", str(out)]) == 0
+    assert "d_model" in capsys.readouterr().out
+
+
+def test_bad_preset_is_one_line(capsys):
+    assert main(["run", "--preset", "huge", "--steps", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "preset" in err and "\n" not in err
+
+
+def test_missing_model_dir_is_one_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist" in err and "\n" not in err
+
+
+def test_export_rejects_unknown_format(tmp_path, capsys):
+    assert main(["export", str(tmp_path), "--format", "gguf", "--out", str(tmp_path / "o")]) == 2
+    assert "--format" in capsys.readouterr().err
