@@ -29,3 +29,15 @@ def test_missing_model_dir_is_one_line(tmp_path, capsys):
 def test_export_rejects_unknown_format(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--format", "gguf", "--out", str(tmp_path / "o")]) == 2
     assert "--format" in capsys.readouterr().err
+
+
+def test_bad_option_value_and_unknown_command_exit_2(capsys):
+    assert main(["run", "--steps", "abc"]) == 2
+    assert main(["bogus"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_error_message_with_brackets_is_printed_verbatim(tmp_path, capsys):
+    (tmp_path / "model_config.json").write_text('{"d_model": [1]}')
+    assert main(["info", str(tmp_path)]) == 2
+    assert "d_model=[1]" in capsys.readouterr().err

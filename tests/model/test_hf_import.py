@@ -51,8 +51,9 @@ CASES = {
     # max_position_embeddings < T: dynamic NTK grows the base during the forward
     "llama-dynamic": lambda: _llama(**ROPE16, max_position_embeddings=8,
                                     rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
-    "llama-yarn": lambda: _llama(**ROPE16, max_position_embeddings=32, rope_scaling={
-        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8, "beta_fast": 8.0}),
+    # theta 100, L0 64: the ramp covers pairs 1..5 of 8, and beta_fast=4 moves its start
+    "llama-yarn": lambda: _llama(**ROPE16, max_position_embeddings=256, rope_theta=100.0, rope_scaling={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "beta_fast": 4.0}),
     "llama-llama3": lambda: _llama(**ROPE16, max_position_embeddings=64, rope_scaling={
         "rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0}),

@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from llmlab.cli import bench, model_cmds, run_cmd
 from llmlab.errors import LlmlabError
@@ -27,20 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except LlmlabError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        err.print(Text.assemble(("error: ", "bold red"), str(e)))  # the message is never parsed as markup
         return 2
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
         err.print("aborted")
         return 130
-    except Exception as e:  # click usage errors carry their own message
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except typer.TyperException as e:  # bad option values, unknown commands: click's own one-line usage message
+        e.show()
+        return e.exit_code
     return 0
 
 

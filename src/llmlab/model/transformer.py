@@ -120,11 +120,12 @@ class Transformer(nn.Module):
         return self.lm_head(h)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """Parameter count, shared (tied) tensors once; non_embedding drops token/position embeddings (Kaplan)."""
+        """Parameter count, shared (tied) tensors once; non_embedding drops token/position/segment tables (Kaplan)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.tok_emb.weight.numel()
-            if self.pos_emb is not None:
-                n -= self.pos_emb.weight.numel()
+            for table in (self.pos_emb, self.type_emb):  # as flops.count_params(cfg).non_embedding
+                if table is not None:
+                    n -= table.weight.numel()
         return n
 

@@ -1,0 +1,5 @@
+"""`python -m llmlab ...` (also what `torchrun -m llmlab ...` runs)."""
+
+from llmlab.cli.main import entry
+
+entry()
