@@ -41,3 +41,19 @@ def test_error_message_with_brackets_is_printed_verbatim(tmp_path, capsys):
     (tmp_path / "model_config.json").write_text('{"d_model": [1]}')
     assert main(["info", str(tmp_path)]) == 2
     assert "d_model=[1]" in capsys.readouterr().err
+
+
+def test_export_hf_loads_in_transformers(tmp_path, capsys):
+    """`llmlab export RUN --format hf`: AutoModelForCausalLM loads it and gives the same logits (fp32, 1e-5)."""
+    import torch
+    transformers = __import__("pytest").importorskip("transformers")
+    run_dir, hf_dir = tmp_path / "run", tmp_path / "hf"
+    assert main(["run", "--steps", "2", "--batch", "2", "--seq-len", "32", "--out", str(run_dir)]) == 0
+    assert main(["export", str(run_dir), "--format", "hf", "--out", str(hf_dir)]) == 0
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, output_loading_info=True)
+    assert not any(info.values())
+    ours = load_model(run_dir)
+    x = torch.randint(0, 260, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf.eval()(x).logits, atol=1e-5, rtol=1e-5)
+    assert main(["info", str(hf_dir)]) == 0  # every command takes an HF dir as well

@@ -128,3 +128,13 @@ def test_invalid_value_in_json_is_caught_by_the_constructor():
     with pytest.raises(ConfigError) as excinfo:
         TransformerConfig.from_json(json.dumps(d))
     assert_config_error(excinfo, "n_kv_heads")
+
+
+def test_replace_rederives_head_dim_and_kv_heads():
+    """replace(n_heads=...) must not keep a head_dim / n_kv_heads derived from the old head count."""
+    from llmlab.model.config import TransformerConfig
+
+    cfg = TransformerConfig(d_model=64, n_heads=4).replace(n_heads=8)
+    assert (cfg.head_dim, cfg.n_kv_heads) == (8, 8)
+    gqa = TransformerConfig(d_model=64, n_heads=4, n_kv_heads=2, head_dim=32).replace(n_heads=8)
+    assert (gqa.head_dim, gqa.n_kv_heads) == (32, 2)  # explicit values are kept

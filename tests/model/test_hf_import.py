@@ -11,6 +11,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hf_helpers import V, batch, randomise_  # noqa: E402
 
 import llmlab  # noqa: E402
 from llmlab.errors import LlmlabError  # noqa: E402
@@ -20,7 +21,6 @@ from llmlab.model.transformer import Transformer  # noqa: E402
 tf = pytest.importorskip("transformers")
 tf.logging.set_verbosity_error()
 
-V, T = 97, 12
 TOL = {"atol": 1e-5, "rtol": 1e-5}  # fp32
 SMALL = {"vocab_size": V, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
          "num_attention_heads": 4, "attn_implementation": "eager"}
@@ -66,35 +66,12 @@ CASES = {
 }
 
 
-def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Matrices ~ N(0, 0.1^2); 1-D params (biases 0, norm weights 1 at init) get N(0, 0.1^2) noise added."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = 0.1 * torch.randn(p.shape, generator=g)
-            p.copy_(noise if p.dim() > 1 else p + noise)
-    return model.eval()
-
-
-def batch(padding: str, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """ids (3, T), mask (3, T) with rows of 0, 3 and 7 pads on the right or the left, and position_ids:
-    None (0..T-1 for every row) or, for 'left-pos', counted from each row's first real token."""
-    ids = torch.randint(0, V, (3, T), generator=torch.Generator().manual_seed(seed))
-    mask = torch.ones(3, T, dtype=torch.long)
-    for row, n_pad in ((1, 3), (2, 7)):
-        if padding == "right":
-            mask[row, T - n_pad:] = 0
-        else:
-            mask[row, :n_pad] = 0
-    pos = (mask.cumsum(-1) - 1).clamp(min=0) if padding == "left-pos" else None
-    return ids, mask, pos
-
-
 def assert_same_logits(ours: Transformer, hf_model, padding: str) -> None:
     ids, mask, pos = batch(padding)
+    types = {"token_type_ids": (ids % 2)} if ours.cfg.n_token_types else {}  # BERT segments A/B
     with torch.no_grad():
-        ref = hf_model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        got = ours(ids, attention_mask=mask, position_ids=pos)
+        ref = hf_model(input_ids=ids, attention_mask=mask, position_ids=pos, **types).logits
+        got = ours(ids, attention_mask=mask, position_ids=pos, **types)
     real = mask.bool()
     torch.testing.assert_close(got[real], ref[real], **TOL)
 

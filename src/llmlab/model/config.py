@@ -188,4 +188,10 @@ class TransformerConfig:
         return cls.from_dict(d)
 
     def replace(self, **changes: Any) -> TransformerConfig:
+        """A copy with changes; head_dim and n_kv_heads that were derived are derived again."""
+        if "head_dim" not in changes and self.head_dim == self.d_model // self.n_heads \
+                and {"d_model", "n_heads"} & set(changes):
+            changes["head_dim"] = None
+        if "n_kv_heads" not in changes and self.n_kv_heads == self.n_heads and "n_heads" in changes:
+            changes["n_kv_heads"] = None
         return dataclasses.replace(self, **changes)

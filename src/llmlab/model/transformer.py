@@ -94,9 +94,9 @@ class Transformer(nn.Module):
             position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
         h = self.tok_emb(input_ids)  # (B, T, d)
         if self.pos_emb is not None:
-            if t > cfg.max_seq_len:
-                raise LlmlabError(f"sequence length {t} exceeds max_seq_len={cfg.max_seq_len} "
-                                  "(learned positions cannot extrapolate)")
+            if int(position_ids.max()) >= cfg.max_seq_len:
+                raise LlmlabError(f"sequence length {t} (largest position {int(position_ids.max())}) exceeds "
+                                  f"max_seq_len={cfg.max_seq_len}: learned positions cannot extrapolate")
             h = h + self.pos_emb(position_ids)
         elif cfg.position == "sinusoidal":
             from llmlab.model.positions import sinusoidal_table

@@ -87,7 +87,7 @@ def save_hf_model(model: Transformer, out_dir: str | Path) -> Path:
     cfg = model.cfg
     hf_config = llmlab_to_hf_config(cfg)
     state = FAMILIES[hf_config["model_type"]].state_to_hf(model.state_dict(), cfg)
-    state = {k: v.detach().cpu().clone() for k, v in state.items()}  # no shared storage: safetensors refuses it
+    state = {k: v.detach().cpu() for k, v in state.items()}  # tied copies are already dropped: no shared storage
     dtype = next(iter(state.values())).dtype
     hf_config["dtype"] = str(dtype).removeprefix("torch.")
     out = Path(out_dir)

@@ -16,7 +16,6 @@ from llmlab.errors import LlmlabError
 from llmlab.model.config import RopeScaling, TransformerConfig
 from llmlab.model.hf.common import ACT_TO_HF, act_from_hf, refuse_if, require, take
 
-MODEL_TYPES = ("llama", "mistral", "qwen2")
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # HF config defaults (transformers 5.24) where the three classes differ, for keys a config.json leaves out
 DEFAULTS = {
