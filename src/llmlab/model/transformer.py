@@ -90,12 +90,15 @@ class Transformer(nn.Module):
         b, t = input_ids.shape
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise LlmlabError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {(b, t)}")
+        explicit_positions = position_ids
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
         h = self.tok_emb(input_ids)  # (B, T, d)
         if self.pos_emb is not None:
-            if int(position_ids.max()) >= cfg.max_seq_len:
-                raise LlmlabError(f"sequence length {t} (largest position {int(position_ids.max())}) exceeds "
+            # explicit position_ids cost one device sync to check (none on the meta device)
+            last = t - 1 if explicit_positions is None or h.is_meta else int(explicit_positions.max())
+            if last >= cfg.max_seq_len:
+                raise LlmlabError(f"sequence length {t} (largest position {last}) exceeds "
                                   f"max_seq_len={cfg.max_seq_len}: learned positions cannot extrapolate")
             h = h + self.pos_emb(position_ids)
         elif cfg.position == "sinusoidal":
