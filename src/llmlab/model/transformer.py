@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from llmlab.errors import LlmlabError
 from llmlab.model.attention import Attention, alibi_slopes
@@ -61,6 +62,7 @@ class Transformer(nn.Module):
         else:
             self.head_dense = self.head_norm = None
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.gradient_checkpointing = False  # a training setting, not architecture: see set_gradient_checkpointing
         self.reset_parameters()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -115,12 +117,22 @@ class Transformer(nn.Module):
         rope = self.rope(position_ids) if self.rope is not None else None
         key_padding_mask = attention_mask.bool() if attention_mask is not None else None
         for block in self.blocks:
-            h = block(h, rope=rope, key_padding_mask=key_padding_mask, alibi=self.alibi)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only block inputs; recompute activations in backward (Chen et al. 2016: O(sqrt n) memory)
+                h = checkpoint(block, h, use_reentrant=False, rope=rope, key_padding_mask=key_padding_mask,
+                               alibi=self.alibi)
+            else:
+                h = block(h, rope=rope, key_padding_mask=key_padding_mask, alibi=self.alibi)
         if self.final_norm is not None:
             h = self.final_norm(h)
         if self.head_dense is not None:
             h = self.head_norm(activation(cfg.activation, self.head_dense(h)))
         return self.lm_head(h)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> Transformer:
+        """Recompute each block's activations during backward instead of storing them."""
+        self.gradient_checkpointing = enabled
+        return self
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameter count, shared (tied) tensors once; non_embedding drops token/position/segment tables (Kaplan)."""
