@@ -11,12 +11,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hf_helpers import V, batch, randomise_  # noqa: E402
 
 from llmlab.errors import LlmlabError  # noqa: E402
 from llmlab.model.config import RopeScaling, TransformerConfig  # noqa: E402
 from llmlab.model.hf import family_for, load_hf_model, save_hf_model  # noqa: E402
 from llmlab.model.transformer import Transformer  # noqa: E402
+from tests.model.hf_helpers import V, batch, randomise_  # noqa: E402
 
 tf = pytest.importorskip("transformers")
 tf.logging.set_verbosity_error()

@@ -11,12 +11,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hf_helpers import V, batch, randomise_  # noqa: E402
 
 import llmlab  # noqa: E402
 from llmlab.errors import LlmlabError  # noqa: E402
 from llmlab.model.hf import hf_config_to_llmlab  # noqa: E402
 from llmlab.model.transformer import Transformer  # noqa: E402
+from tests.model.hf_helpers import V, batch, randomise_  # noqa: E402
 
 tf = pytest.importorskip("transformers")
 tf.logging.set_verbosity_error()

@@ -1,0 +1,6 @@
+"""Training: the optimizer, LR schedules and gradient clipping (the loop, checkpoints and DDP build on these)."""
+
+from llmlab.train.optim import AdamW, clip_grad_norm_, param_groups_for_weight_decay
+from llmlab.train.schedules import lr_at, set_lr
+
+__all__ = ["AdamW", "clip_grad_norm_", "lr_at", "param_groups_for_weight_decay", "set_lr"]
