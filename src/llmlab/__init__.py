@@ -4,7 +4,8 @@ from llmlab.errors import ConfigError, LlmlabError
 from llmlab.model.config import RopeScaling, TransformerConfig
 from llmlab.model.io import load_model, save_model
 from llmlab.model.transformer import Transformer
+from llmlab.tokenizer import load_tokenizer
 
 __all__ = ["ConfigError", "LlmlabError", "RopeScaling", "Transformer", "TransformerConfig", "load_model",
-           "save_model"]
+           "load_tokenizer", "save_model"]
 __version__ = "0.1.0"

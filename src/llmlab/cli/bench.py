@@ -48,3 +48,16 @@ def attention(
     load_benchmark("attention").main(seq_lens=_ints(seq_lens), batch=batch, heads=heads, head_dim=head_dim,
                                      causal=causal, device=device, dtype=dtype, block=block, repeats=repeats,
                                      save=save)
+
+
+@app.command("tokenizer", help="BPE training time vs HF tokenizers, encoding MB/s vs tiktoken; same text, same vocab.")
+def tokenizer(
+    vocab_size: int = typer.Option(4096, help="Tokens in all (256 bytes + merges + special tokens)."),
+    text_bytes: int = typer.Option(1_000_000, min=1, help="Bytes of text: the inputs repeated as needed."),
+    input: list[Path] = typer.Option(None, "--input",
+                                     help="UTF-8 text file (repeatable); default: the shipped sample."),
+    repeats: int = typer.Option(3, min=1, help="Times are the best of this many runs."),
+    save: Path = typer.Option(None, help="Also write the results as JSON here."),
+) -> None:
+    load_benchmark("tokenizer").main(vocab_size=vocab_size, text_bytes=text_bytes, inputs=input,
+                                     repeats=repeats, save=save)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from llmlab.cli import bench, eval_cmds, model_cmds, run_cmd
+from llmlab.cli import bench, eval_cmds, model_cmds, run_cmd, tokenizer_cmds
 from llmlab.errors import LlmlabError
 
 app = typer.Typer(help="llmlab: LLM techniques from scratch, proven equal to the references.",
@@ -18,6 +18,7 @@ app.command("run", help="The main job: build a model from a preset, train briefl
 app.command("export", help="Export MODEL (llmlab run dir or HF dir) to another format.")(model_cmds.export)
 app.command("info", help="Show a model's config, parameters and FLOPs (llmlab run dir or HF dir).")(
     model_cmds.info)
+app.add_typer(tokenizer_cmds.app, name="tokenizer", help="Train byte-level BPE tokenizers and encode text with them.")
 app.add_typer(eval_cmds.app, name="eval", help="Evaluate a model: perplexity (strided), more to come.")
 app.add_typer(bench.app, name="bench", help="Benchmarks: ours vs the alternative, measured in one run.")
 
