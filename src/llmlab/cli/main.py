@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from llmlab.cli import bench, eval_cmds, model_cmds, run_cmd, tokenizer_cmds
+from llmlab.cli import bench, data_cmds, eval_cmds, model_cmds, run_cmd, tokenizer_cmds
 from llmlab.errors import LlmlabError
 
 app = typer.Typer(help="llmlab: LLM techniques from scratch, proven equal to the references.",
@@ -19,6 +19,7 @@ app.command("export", help="Export MODEL (llmlab run dir or HF dir) to another f
 app.command("info", help="Show a model's config, parameters and FLOPs (llmlab run dir or HF dir).")(
     model_cmds.info)
 app.add_typer(tokenizer_cmds.app, name="tokenizer", help="Train byte-level BPE tokenizers and encode text with them.")
+app.add_typer(data_cmds.app, name="data", help="Corpus: fetch the default text (sha256-checked), prepare token shards.")
 app.add_typer(eval_cmds.app, name="eval", help="Evaluate a model: perplexity (strided), more to come.")
 app.add_typer(bench.app, name="bench", help="Benchmarks: ours vs the alternative, measured in one run.")
 
