@@ -8,13 +8,15 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from llmlab.cli import bench, data_cmds, eval_cmds, model_cmds, run_cmd, tokenizer_cmds
+from llmlab.cli import bench, data_cmds, eval_cmds, model_cmds, pretrain_cmds, run_cmd, tokenizer_cmds
 from llmlab.errors import LlmlabError
 
 app = typer.Typer(help="llmlab: LLM techniques from scratch, proven equal to the references.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.command("run", help="The main job: build a model from a preset, train briefly on real text, report.")(
     run_cmd.run)
+app.command("pretrain", help="Pretrain a model on token shards: progress, val loss, samples, checkpoints, --resume.")(
+    pretrain_cmds.pretrain)
 app.command("export", help="Export MODEL (llmlab run dir or HF dir) to another format.")(model_cmds.export)
 app.command("info", help="Show a model's config, parameters and FLOPs (llmlab run dir or HF dir).")(
     model_cmds.info)

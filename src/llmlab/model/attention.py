@@ -184,7 +184,11 @@ class Attention(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         key_padding_mask: Tensor | None = None,
         alibi: Tensor | None = None,
+        cache=None,
+        layer: int = 0,
     ) -> Tensor:
+        """x (B, T, d_model) -> (B, T, d_model). With a cache (see `Transformer.forward`), this layer's new K/V
+        are stored in it and the T queries attend over every key it returns; it also supplies the key padding."""
         from llmlab.model.positions import apply_rope
 
         b, t, _ = x.shape
@@ -195,6 +199,9 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            # K/V of past tokens come from the cache: k, v (B, Hkv, Tk, D), Tk >= T; the T queries sit last
+            k, v, key_padding_mask = cache.update(layer, k, v)
         cfg = self.cfg
         kwargs = dict(causal=cfg.causal, window=cfg.sliding_window, key_padding_mask=key_padding_mask,
                       alibi=alibi, softcap=cfg.attn_softcap, dropout_p=cfg.attn_dropout, training=self.training)

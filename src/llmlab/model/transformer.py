@@ -84,23 +84,37 @@ class Transformer(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         token_type_ids: Tensor | None = None,
+        cache=None,
     ) -> Tensor:
-        """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; returns logits (B, T, vocab)."""
+        """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; returns logits (B, T, vocab).
+
+        cache (decoders only): `infer.kv_cache.KVCache` or `infer.paged_cache.PagedBatch`. input_ids are then the
+        T new tokens; attention_mask, if any, covers past and new tokens (B, T_past + T); positions default to
+        continuing each sequence. A cache has two methods: reserve(B, T, attention_mask) -> positions (B, T),
+        and update(layer, k, v) -> (keys, values, key_padding_mask) to attend over.
+        """
         cfg = self.cfg
         if input_ids.dim() != 2:
             raise LlmlabError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         b, t = input_ids.shape
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        if cache is not None:
+            if not cfg.causal:
+                raise LlmlabError(f"a KV cache needs a causal decoder, not arch={cfg.arch!r}: in an encoder, earlier "
+                                  "tokens attend to later ones, so their keys and values change with each new token")
+            new_positions = cache.reserve(b, t, attention_mask)  # (B, T); the cache now owns the padding mask
+            position_ids = new_positions if position_ids is None else position_ids
+            attention_mask = None
+        elif attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise LlmlabError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {(b, t)}")
         explicit_positions = position_ids
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
         h = self.tok_emb(input_ids)  # (B, T, d)
         if self.pos_emb is not None:
-            # explicit position_ids cost one device sync to check (none on the meta device)
+            # explicit (or cached) position_ids cost one device sync to check (none on the meta device)
             last = t - 1 if explicit_positions is None or h.is_meta else int(explicit_positions.max())
             if last >= cfg.max_seq_len:
-                raise LlmlabError(f"sequence length {t} (largest position {last}) exceeds "
+                raise LlmlabError(f"sequence length {last + 1} (largest position {last}) exceeds "
                                   f"max_seq_len={cfg.max_seq_len}: learned positions cannot extrapolate")
             h = h + self.pos_emb(position_ids)
         elif cfg.position == "sinusoidal":
@@ -116,13 +130,13 @@ class Transformer(nn.Module):
         h = self.dropout(h)
         rope = self.rope(position_ids) if self.rope is not None else None
         key_padding_mask = attention_mask.bool() if attention_mask is not None else None
-        for block in self.blocks:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        for i, block in enumerate(self.blocks):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None:
                 # keep only block inputs; recompute activations in backward (Chen et al. 2016: O(sqrt n) memory)
                 h = checkpoint(block, h, use_reentrant=False, rope=rope, key_padding_mask=key_padding_mask,
                                alibi=self.alibi)
             else:
-                h = block(h, rope=rope, key_padding_mask=key_padding_mask, alibi=self.alibi)
+                h = block(h, rope=rope, key_padding_mask=key_padding_mask, alibi=self.alibi, cache=cache, layer=i)
         if self.final_norm is not None:
             h = self.final_norm(h)
         if self.head_dense is not None:

@@ -1,4 +1,4 @@
-"""Training: the optimizer, LR schedules and gradient clipping (the loop, checkpoints and DDP build on these)."""
+"""Training: the optimizer, LR schedules, gradient clipping, and the pretraining loop built on them."""
 
 from llmlab.train.optim import AdamW, clip_grad_norm_, param_groups_for_weight_decay
 from llmlab.train.schedules import lr_at, set_lr

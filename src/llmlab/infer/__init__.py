@@ -1,0 +1,5 @@
+"""Inference: text generation from a trained model."""
+
+from llmlab.infer.generate import generate
+
+__all__ = ["generate"]

@@ -1,0 +1,166 @@
+"""PagedAttention's KV memory (Kwon et al. 2023, vLLM): a pool of fixed-size blocks and a block table per sequence.
+
+A contiguous cache reserves max_len slots per sequence up front. Here a sequence takes one block of block_size
+tokens at a time as it grows, so at most one part-filled block per sequence is wasted, sequences of any length
+share one pool, and a finished sequence's blocks go straight back to the free list for the next request.
+Token i of a sequence lives in block `table[i // block_size]` at offset `i % block_size`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from llmlab.errors import LlmlabError
+from llmlab.infer.kv_cache import CacheFullError, bytes_per_token
+from llmlab.model.config import TransformerConfig
+
+
+class OutOfBlocksError(CacheFullError):
+    """The pool has fewer free blocks than asked for. Nothing was allocated: an engine catches this and queues
+    the request (or preempts a sequence) until blocks are freed."""
+
+
+class BlockAllocator:
+    """A free list over block ids 0 .. n_blocks-1."""
+
+    def __init__(self, n_blocks: int) -> None:
+        if n_blocks <= 0:
+            raise LlmlabError(f"n_blocks={n_blocks} must be a positive integer")
+        self.n_blocks = n_blocks
+        self._free = list(range(n_blocks - 1, -1, -1))  # a stack: hands out 0, 1, 2, ...; a freed block goes next
+        self._used: set[int] = set()
+
+    @property
+    def n_free(self) -> int:
+        return len(self._free)
+
+    def allocate(self, n: int) -> list[int]:
+        """n block ids, or OutOfBlocksError (and none taken) when fewer than n are free."""
+        if n > len(self._free):
+            raise OutOfBlocksError(f"need {n} KV cache blocks, {len(self._free)} of {self.n_blocks} are free")
+        blocks = [self._free.pop() for _ in range(n)]
+        self._used.update(blocks)
+        return blocks
+
+    def free(self, blocks: list[int]) -> None:
+        for b in blocks:
+            if b not in self._used:
+                raise LlmlabError(f"block {b} is not allocated (freed twice?)")
+            self._used.remove(b)
+            self._free.append(b)
+
+
+class PagedKVCache:
+    """Block pools k, v (n_layers, n_blocks, block_size, Hkv, D) shared by all sequences, with their block tables.
+
+    Sequences are named by any hashable id; `batch(seq_ids)` is what a model forward takes as `cache=`.
+    """
+
+    def __init__(self, cfg: TransformerConfig, n_blocks: int, block_size: int = 16, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        if block_size <= 0:
+            raise LlmlabError(f"block_size={block_size} must be a positive integer")
+        self.cfg, self.block_size = cfg, block_size
+        shape = (cfg.n_layers, n_blocks, block_size, cfg.n_kv_heads, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.allocator = BlockAllocator(n_blocks)
+        self.block_tables: dict[object, list[int]] = {}
+        self.lengths: dict[object, int] = {}  # tokens stored per sequence, counting the forward in progress
+
+    def memory_bytes(self) -> int:
+        """Bytes of the whole pool (K and V, every layer)."""
+        return 2 * self.k.numel() * self.k.element_size()
+
+    def used_bytes(self) -> int:
+        """Bytes of the blocks sequences hold now."""
+        n_used = self.allocator.n_blocks - self.allocator.n_free
+        return n_used * self.block_size * bytes_per_token(self.cfg, self.k.dtype)
+
+    def blocks_needed(self, seq_id: object, n_new: int) -> int:
+        """New blocks seq_id needs to grow by n_new tokens (a new id starts empty)."""
+        length = self.lengths.get(seq_id, 0) + n_new
+        return -(-length // self.block_size) - len(self.block_tables.get(seq_id, []))  # ceil(length / bs) - held
+
+    def reserve(self, seq_ids: list, n_new: int) -> None:
+        """Grow every sequence by n_new tokens, allocating blocks; all or nothing (OutOfBlocksError)."""
+        needed = {s: self.blocks_needed(s, n_new) for s in seq_ids}
+        if sum(needed.values()) > self.allocator.n_free:
+            raise OutOfBlocksError(f"{len(seq_ids)} sequence(s) need {sum(needed.values())} more KV cache blocks, "
+                                   f"{self.allocator.n_free} of {self.allocator.n_blocks} are free")
+        for s in seq_ids:
+            self.block_tables.setdefault(s, []).extend(self.allocator.allocate(needed[s]))
+            self.lengths[s] = self.lengths.get(s, 0) + n_new
+
+    def free(self, seq_id: object) -> None:
+        """Drop a finished sequence; its blocks return to the free list."""
+        if seq_id not in self.block_tables:
+            raise LlmlabError(f"unknown sequence {seq_id!r}")
+        self.allocator.free(self.block_tables.pop(seq_id))
+        del self.lengths[seq_id]
+
+    def slots(self, seq_id: object, start: int, end: int) -> Tensor:
+        """Flat slot ids (block * block_size + offset) of the positions [start, end) of seq_id."""
+        pos = torch.arange(start, end)
+        table = torch.tensor(self.block_tables[seq_id], dtype=torch.long)
+        return (table[pos // self.block_size] * self.block_size + pos % self.block_size).to(self.k.device)
+
+    def write(self, layer: int, seq_ids: list, k: Tensor, v: Tensor) -> None:
+        """Store k, v (B, Hkv, n_new, D): row b holds the last n_new tokens reserved for seq_ids[b]."""
+        n_new = k.shape[2]
+        slots = torch.cat([self.slots(s, self.lengths[s] - n_new, self.lengths[s]) for s in seq_ids])  # (B*n_new,)
+        pool_k = self.k[layer].flatten(0, 1)  # (n_blocks * block_size, Hkv, D), a view of the pool
+        pool_v = self.v[layer].flatten(0, 1)
+        pool_k.index_copy_(0, slots, k.transpose(1, 2).flatten(0, 1))  # (B, n_new, Hkv, D) -> (B*n_new, Hkv, D)
+        pool_v.index_copy_(0, slots, v.transpose(1, 2).flatten(0, 1))
+
+    def gather(self, layer: int, seq_ids: list) -> tuple[Tensor, Tensor, Tensor | None]:
+        """K, V (B, Hkv, Tk, D) of each sequence's tokens, left-padded to the longest (Tk), and the padding
+        mask (B, Tk) (None when all lengths are equal): every sequence's newest token sits in the last column,
+        where attention's bottom-right alignment puts the new queries."""
+        lengths = [self.lengths[s] for s in seq_ids]
+        tk = max(lengths)
+        slots = torch.zeros(len(seq_ids), tk, dtype=torch.long, device=self.k.device)
+        valid = torch.zeros(len(seq_ids), tk, dtype=torch.bool, device=self.k.device)
+        for row, (s, n) in enumerate(zip(seq_ids, lengths, strict=True)):
+            slots[row, tk - n:] = self.slots(s, 0, n)
+            valid[row, tk - n:] = True
+        # A PagedAttention kernel reads each block in place through the block table; this readable version
+        # copies the blocks into contiguous tensors first, one extra pass over the sequence's K/V.
+        k = self.k[layer].flatten(0, 1)[slots]  # (B, Tk, Hkv, D)
+        v = self.v[layer].flatten(0, 1)[slots]
+        mask = None if min(lengths) == tk else valid
+        return k.transpose(1, 2), v.transpose(1, 2), mask
+
+    def batch(self, seq_ids: list) -> PagedBatch:
+        return PagedBatch(self, seq_ids)
+
+
+class PagedBatch:
+    """The `cache=` of one forward: sequences seq_ids of a PagedKVCache, one per batch row, each at its own length.
+
+    Every row adds the same number of new tokens (a prefill of one prompt, or one decode token per sequence).
+    """
+
+    def __init__(self, cache: PagedKVCache, seq_ids: list) -> None:
+        if len(set(seq_ids)) != len(seq_ids):
+            raise LlmlabError(f"a sequence appears twice in one batch: {seq_ids}")
+        self.cache, self.seq_ids = cache, list(seq_ids)
+
+    def reserve(self, batch_size: int, n_new: int, attention_mask: Tensor | None = None) -> Tensor:
+        """Allocate room for n_new tokens per sequence (or OutOfBlocksError, nothing changed); positions (B, n_new)."""
+        if attention_mask is not None:
+            raise LlmlabError("a paged cache tracks each sequence's length itself: pass no attention_mask")
+        if batch_size != len(self.seq_ids):
+            raise LlmlabError(f"input batch size {batch_size} != {len(self.seq_ids)} sequences in the paged batch")
+        starts = torch.tensor([self.cache.lengths.get(s, 0) for s in self.seq_ids], device=self.cache.k.device)
+        self.cache.reserve(self.seq_ids, n_new)
+        return starts[:, None] + torch.arange(n_new, device=starts.device)  # (B, n_new)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        if k.dtype != self.cache.k.dtype:
+            raise LlmlabError(f"the model computes in {k.dtype} but the cache holds {self.cache.k.dtype}: build the "
+                              f"cache with dtype={k.dtype}")
+        self.cache.write(layer, self.seq_ids, k, v)
+        return self.cache.gather(layer, self.seq_ids)
