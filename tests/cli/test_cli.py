@@ -1,21 +1,27 @@
 """The `llmlab` command: subcommands run, user mistakes give one line on stderr and exit 2."""
 
+from pathlib import Path
+
 from llmlab.cli.main import main
 from llmlab.model.io import load_model
+
+SAMPLE = Path(__file__).parents[1] / "data" / "sample" / "en.jsonl"
+TINY_RUN = ["run", "--input", str(SAMPLE), "--vocab-size", "320", "--steps", "3", "--batch-size", "2",
+            "--seq-len", "32", "--device", "cpu"]
 
 
 def test_run_writes_a_loadable_run_dir(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--steps", "3", "--batch", "2", "--seq-len", "32", "--out", str(out)]) == 0
+    assert main([*TINY_RUN, "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "parameters" in text and "training FLOPs / token" in text
-    assert load_model(out).cfg.vocab_size == 260
-    assert main(["info", str(out)]) == 0
+    assert "val perplexity" in text and "unigram baseline" in text
+    assert load_model(out / "model").cfg.vocab_size == 320
+    assert main(["info", str(out / "model")]) == 0
     assert "d_model" in capsys.readouterr().out
 
 
-def test_bad_preset_is_one_line(capsys):
-    assert main(["run", "--preset", "huge", "--steps", "0"]) == 2
+def test_bad_preset_is_one_line(tmp_path, capsys):
+    assert main([*TINY_RUN, "--preset", "huge", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "preset" in err and "\n" not in err
 
@@ -47,13 +53,13 @@ def test_export_hf_loads_in_transformers(tmp_path, capsys):
     """`llmlab export RUN --format hf`: AutoModelForCausalLM loads it and gives the same logits (fp32, 1e-5)."""
     import torch
     transformers = __import__("pytest").importorskip("transformers")
-    run_dir, hf_dir = tmp_path / "run", tmp_path / "hf"
-    assert main(["run", "--steps", "2", "--batch", "2", "--seq-len", "32", "--out", str(run_dir)]) == 0
+    run_dir, hf_dir = tmp_path / "run" / "model", tmp_path / "hf"
+    assert main([*TINY_RUN, "--out", str(tmp_path / "run")]) == 0
     assert main(["export", str(run_dir), "--format", "hf", "--out", str(hf_dir)]) == 0
     hf, info = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, output_loading_info=True)
     assert not any(info.values())
     ours = load_model(run_dir)
-    x = torch.randint(0, 260, (2, 16))
+    x = torch.randint(0, 320, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), hf.eval()(x).logits, atol=1e-5, rtol=1e-5)
     assert main(["info", str(hf_dir)]) == 0  # every command takes an HF dir as well

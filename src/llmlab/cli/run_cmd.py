@@ -1,4 +1,4 @@
-"""`llmlab run`: the main job."""
+"""`llmlab run`: the main job (see llmlab/pipeline.py for the stages)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from llmlab.pipeline import RunConfig, RunReport
 from llmlab.pipeline import run as run_pipeline
 
 console = Console()
@@ -16,34 +16,41 @@ console = Console()
 
 def run(
     preset: str = typer.Option("tiny", help="Model size: tiny, small, gpt2-124m."),
-    style: str = typer.Option(None, help="Model family: gpt2, llama, mistral, qwen2, bert (default per preset)."),
-    steps: int = typer.Option(200, min=0, help="AdamW steps on the sample text."),
-    batch: int = typer.Option(8, min=1),
-    seq_len: int = typer.Option(128, min=2),
+    style: str = typer.Option(None, help="Model family: gpt2, llama, mistral, qwen2 (default per preset)."),
+    out: Path = typer.Option(Path("runs/tiny"), help="Run directory; rerunning reuses finished stages."),
+    input: list[Path] = typer.Option(None, "--input", help="Text/JSONL files instead of the default corpus."),
+    vocab_size: int = typer.Option(4096, min=300, help="BPE vocabulary size."),
+    steps: int = typer.Option(1200, min=1, help="Pretraining steps."),
+    batch_size: int = typer.Option(16, min=1),
+    seq_len: int = typer.Option(256, min=8),
+    lr: float = typer.Option(3e-3, min=0.0),
     backend: str = typer.Option(None, help="Attention backend: naive, sdpa (default), flash."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
-    out: Path = typer.Option(Path("runs/tiny"), help="Run directory to write the model to."),
 ) -> None:
-    with Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=console,
-                  transient=True) as bar:
-        task = bar.add_task("train", total=steps, loss=float("nan"))
-        report = run_pipeline(size=preset, style=style, steps=steps, batch=batch, seq_len=seq_len,
-                              backend=backend, seed=seed, out_dir=out,
-                              progress=lambda i, n, loss: bar.update(task, completed=i, loss=loss))
-    cfg = report.cfg
-    t = Table(title=f"llmlab run — preset {preset}, {cfg.arch}, {report.tokens_in_text:,} tokens of real text")
+    cfg = RunConfig(out_dir=str(out), inputs=[str(p) for p in input] if input else None, vocab_size=vocab_size,
+                    preset=preset, style=style, backend=backend, batch_size=batch_size, seq_len=seq_len,
+                    max_steps=steps, lr=lr, eval_interval=max(steps // 6, 1), seed=seed, device=device)
+    console.print(summary(run_pipeline(cfg, console), cfg))
+
+
+def summary(r: RunReport, cfg: RunConfig) -> Table:
+    t = Table(title=f"llmlab run: {cfg.preset} preset -> {r.out_dir}")
     t.add_column("quantity")
     t.add_column("value", justify="right")
-    t.add_row("shape", f"d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads / {cfg.n_kv_heads} kv")
-    t.add_row("design", f"{cfg.position} positions, {cfg.norm} ({cfg.norm_position}), "
-                        f"{'gated ' if cfg.gated_mlp else ''}{cfg.activation} MLP, attention: {cfg.attn_backend}")
-    t.add_row("parameters", f"{report.params:,} ({report.non_embedding_params:,} non-embedding)")
-    t.add_row("training FLOPs / token", f"{report.train_flops_per_token:,.0f}  (6N + 12·L·H·D·T, T={seq_len})")
-    t.add_row("val loss before (ln V)", f"{report.initial_val_loss:.3f}  ({report.uniform_loss:.3f})")
-    if steps:
-        t.add_row(f"train loss step 1 → {steps}", f"{report.step_losses[0]:.3f} → {report.step_losses[-1]:.3f}")
-        t.add_row("val loss after", f"{report.final_val_loss:.3f}")
-        t.add_row("throughput", f"{report.tokens_per_second:,.0f} tokens/s  ({report.step_seconds:.1f} s)")
-    t.add_row("run directory", str(report.out_dir))
-    console.print(t)
+    t.add_row("parameters", f"{r.params:,}")
+    t.add_row("train tokens in corpus / seen", f"{r.train_tokens:,} / {r.tokens_seen:,} ({r.steps} steps)")
+    t.add_row("tokenizer", f"{cfg.vocab_size:,}-token BPE, {r.bytes_per_token:.2f} bytes/token on val")
+    t.add_row("val loss (nats/token)", f"{r.val_loss:.3f}")
+    t.add_row("val perplexity", f"{r.val_ppl:,.1f}")
+    t.add_row("val bits per byte", f"{r.bits_per_byte:.3f}")
+    gain = r.unigram_loss - r.val_loss
+    t.add_row("unigram baseline loss", f"{r.unigram_loss:.3f}  (the model is {gain:+.3f} nats/token better)")
+    t.add_row("uniform baseline loss (ln V)", f"{r.uniform_loss:.3f}")
+    t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s, MFU {r.mfu:.1%}"
+              + (f", {r.train_seconds / 60:.1f} min" if r.train_seconds else ""))
+    if r.reused:
+        t.add_row("reused stages", ", ".join(r.reused))
+    for prompt, text in r.samples.items():
+        t.add_row(f"sample: {prompt!r}", text.replace("\n", " ⏎ "))
+    return t
