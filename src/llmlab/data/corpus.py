@@ -165,17 +165,19 @@ def brown_docs(archive: Path) -> Iterator[str]:
 
 
 TANG_DOC_CHARS = 2000
+TANG_MAX_CHARS = 1_000_000  # a Chinese slice beside ~27M English characters (about 1/8 of the tokens with BPE)
 
 
 def tang_docs(archive: Path) -> Iterator[str]:
-    """Tang poems (quantangshi/poet.tang.*.json) as "《title》author" + lines, grouped into ~2,000-character documents.
+    """Tang poems (quantangshi/poet.tang.*.json) as "《title》author" + lines, grouped into ~2,000-character documents,
+    the first TANG_MAX_CHARS characters of them.
 
     A single poem is 20-100 characters: too short to be judged (or held out for validation) on its own.
     About 150 poems spell a character missing from Unicode as {component/component}; they are skipped
     here, or C4's curly-brace rule would drop the ~15 poems grouped with each.
     """
     doc: list[str] = []
-    size = 0
+    size = total = 0
     tang_files = re.compile(r"package/dist/quantangshi/poet\.tang\.\d+\.json")
     for name, data in archive_members(archive, tang_files.fullmatch):
         for poem in json.loads(_utf8(name, data)):
@@ -189,7 +191,10 @@ def tang_docs(archive: Path) -> Iterator[str]:
             size += len(doc[-1])
             if size >= TANG_DOC_CHARS:
                 yield "\n\n".join(doc)
+                total += size
                 doc, size = [], 0
+                if total >= TANG_MAX_CHARS:
+                    return
     if doc:
         yield "\n\n".join(doc)
 
