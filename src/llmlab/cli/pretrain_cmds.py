@@ -2,6 +2,7 @@
 
 Options left out keep the value of --config, or with --resume the run's own train_config.json, or TrainConfig's
 default: `llmlab pretrain --out runs/tiny --resume` continues a run exactly as it was started.
+Several processes: `torchrun --nproc_per_node 2 -m llmlab pretrain ... [--strategy fsdp]`; only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def pretrain(
     activation_checkpointing: bool = typer.Option(None, "--activation-checkpointing/--no-activation-checkpointing",
                                                   help="Recompute activations in backward [no]."),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ... [auto]."),
+    strategy: str = typer.Option(None, "--strategy", help="Under torchrun: ddp (replicate) or fsdp (shard) [ddp]."),
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="Peak TFLOPS for MFU [datasheet or measured]."),
     seed: int = typer.Option(None, "--seed", help="Seed of the weights and the batch order [0]."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar and samples."),
@@ -86,7 +88,7 @@ def pretrain(
                  eval_batches=eval_batches, sample_interval=sample_interval, sample_tokens=sample_tokens,
                  sample_prompt=prompt, checkpoint_interval=checkpoint_interval, keep_checkpoints=keep_checkpoints,
                  dtype=dtype, compile=compile, activation_checkpointing=activation_checkpointing, device=device,
-                 peak_tflops=peak_tflops, seed=seed)
+                 strategy=strategy, peak_tflops=peak_tflops, seed=seed)
     given = {k: v for k, v in given.items() if v is not None}
     if config is not None:
         base = TrainConfig.from_json(config).to_dict()
@@ -99,6 +101,8 @@ def pretrain(
     if "data" not in {**base, **given}:
         raise ConfigError("--data is required (a shard directory from `llmlab data prepare`), or --config FILE")
     result = run_pretrain(TrainConfig.from_dict({**base, **given}), resume=resume, progress=progress)
+    if not result.is_main:
+        return
 
     t = Table(title=f"llmlab pretrain -> {result.out_dir}")
     t.add_column("quantity")

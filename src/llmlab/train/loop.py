@@ -15,9 +15,14 @@ Run directory (out_dir):
     metrics.jsonl, tb/, loss.png           see llmlab.train.metrics
     checkpoints/ckpt_<step>.pt, latest     see llmlab.train.checkpoint
 
-Several processes: `rank_and_world` is the one place that asks torch.distributed who we are; only the main process
-(rank 0) logs and writes files, and every rank draws the same global micro-batch from the same seeded sampler and
-keeps its own rows (`rank_rows`), so N processes see exactly the batch one process would.
+Several processes (`torchrun --nproc_per_node N -m llmlab pretrain ... --strategy ddp|fsdp`, see
+llmlab.train.distributed): `pretrain` joins torchrun's process group and leaves it on return or error;
+`rank_and_world` is the one place that asks torch.distributed who we are; only the main process (rank 0) logs and
+writes files, and every rank draws the same global micro-batch from the same seeded sampler and keeps its own rows
+(`rank_rows`), so N processes see exactly the batch one process would. DDP or FSDP averages the gradients over the
+ranks; the logged losses are averaged over the ranks too, so metrics.jsonl reads as the single-process run's. After
+the first step a `memory` record gives the parameter and optimizer-state bytes of the fullest rank (`*_bytes`) and
+of all ranks together (`*_bytes_all_ranks`): with FSDP the first is 1/N of the second.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from llmlab.model.loss import cross_entropy
 from llmlab.model.presets import SIZES, preset
 from llmlab.model.transformer import Transformer
 from llmlab.tokenizer.bytes import ByteTokenizer
+from llmlab.train import distributed
 from llmlab.train.checkpoint import (
     CHECKPOINT_DIR,
     latest_checkpoint,
@@ -107,7 +113,8 @@ class TrainConfig:
     dtype: str = "float32"  # "bfloat16": forward under torch.autocast; weights and optimizer stay fp32
     compile: bool = False
     activation_checkpointing: bool = False
-    device: str = "auto"  # "auto": cuda if available, else cpu
+    device: str = "auto"  # "auto": cuda if available, else cpu; under torchrun, cuda means cuda:LOCAL_RANK
+    strategy: str = "ddp"  # several processes: "ddp" replicates the model, "fsdp" shards it (ZeRO-3); one: unused
     peak_tflops: float | None = None  # MFU's denominator; default: see llmlab.train.mfu
     seed: int = 0
 
@@ -131,6 +138,8 @@ class TrainConfig:
         _check("eps", self.eps, lambda v: v >= 0, ">= 0")
         _check("grad_clip", self.grad_clip, lambda v: v >= 0, ">= 0 (0 = no clipping)")
         _check("dtype", self.dtype, lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}")
+        _check("strategy", self.strategy, lambda v: v in distributed.STRATEGIES,
+               f"one of {', '.join(distributed.STRATEGIES)}")
         _check("peak_tflops", self.peak_tflops, lambda v: v is None or v > 0, "> 0")
         _check("model_overrides", self.model_overrides, lambda v: isinstance(v, dict), "a dict of model fields")
         if self.model_config is None:
@@ -177,10 +186,11 @@ class TrainConfig:
 
 
 # What a resumed run may change: none of these alter the model, the data order or the optimizer's maths. (max_steps
-# changes the cosine/linear schedule from the checkpoint on; extend a run with the wsd or constant schedule to keep it.)
+# changes the cosine/linear schedule from the checkpoint on; extend a run with the wsd or constant schedule to keep it.
+# Checkpoints hold full tensors under either strategy.)
 RESUME_MAY_CHANGE = ("data", "out_dir", "tokenizer", "max_steps", "eval_interval", "eval_batches", "sample_interval",
                      "sample_tokens", "sample_prompt", "checkpoint_interval", "keep_checkpoints", "dtype", "compile",
-                     "activation_checkpointing", "device", "peak_tflops")
+                     "activation_checkpointing", "device", "peak_tflops", "strategy")
 
 
 @dataclass
@@ -193,6 +203,7 @@ class TrainResult:
     mfu: float
     peak: Peak
     seconds: float
+    is_main: bool = True  # False in the other processes of a multi-process run, which print nothing
 
     @property
     def val_ppl(self) -> float | None:
@@ -267,27 +278,34 @@ def check_resumable(cfg: TrainConfig, saved: TrainConfig) -> None:
 
 
 def train_step(model, optimizer: AdamW, train: ShardDataset, cfg: TrainConfig, device: torch.device, autocast,
-               rank: int, world: int) -> tuple[float, float | None]:
-    """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm before clipping)."""
+               rank: int, world: int, forward=None) -> tuple[float, float | None]:
+    """One optimizer step over grad_accum micro-batches; returns (mean loss over all ranks, grad norm before clipping).
+
+    model: the module being trained (DDP or FSDP's wrapper under several processes); forward: what computes the
+    logits, model itself or its torch.compile'd version.
+    """
+    forward = model if forward is None else forward
     total = torch.zeros((), device=device)
-    for _ in range(cfg.grad_accum):
+    for i in range(cfg.grad_accum):
         batch = rank_rows(train.random_batch(), rank, world).to(device)  # (B, T+1)
         x, y = batch[:, :-1], batch[:, 1:]  # inputs and next-token targets, (B, T) each
-        with autocast:
-            logits = model(x)  # (B, T, V)
-        loss = cross_entropy(logits, y) / cfg.grad_accum  # mean over the step's tokens: equal counts per micro-batch
-        loss.backward()
+        with distributed.grad_sync(model, sync=i == cfg.grad_accum - 1):
+            with autocast:
+                logits = forward(x)  # (B, T, V)
+            loss = cross_entropy(logits, y) / cfg.grad_accum  # mean over the step's tokens: equal counts everywhere
+            loss.backward()
         total += loss.detach()
     grad_norm = clip_grad_norm_(model.parameters(), cfg.grad_clip).item() if cfg.grad_clip > 0 else None
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total.item(), grad_norm
+    return distributed.mean_over_ranks(total).item(), grad_norm
 
 
 @torch.no_grad()
 def evaluate(model, val: ShardDataset, start: dict, n_batches: int, device: torch.device, autocast, rank: int,
              world: int) -> float:
-    """Mean next-token loss over the first n_batches windows of the val split, in order: the same tokens every time."""
+    """Mean next-token loss over the first n_batches windows of the val split, in order: the same tokens every time.
+    Under several processes each rank evaluates its rows and the result is their mean."""
     val.load_state_dict(start)
     model.eval()
     losses = []
@@ -297,7 +315,7 @@ def evaluate(model, val: ShardDataset, start: dict, n_batches: int, device: torc
             logits = model(batch[:, :-1])
         losses.append(cross_entropy(logits, batch[:, 1:]).item())
     model.train()
-    return sum(losses) / len(losses)
+    return distributed.mean_over_ranks(torch.tensor(sum(losses) / len(losses), device=device)).item()
 
 
 def sample(model: Transformer, tokenizer, cfg: TrainConfig, step: int, device: torch.device) -> str:
@@ -315,10 +333,15 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> T
     """Train cfg's model on cfg.data into cfg.out_dir; resume=True continues from its latest checkpoint.
 
     Without resume, an out_dir that already holds checkpoints is an error (never a silent restart from zero).
+    Under torchrun, every process calls it: it joins the process group and leaves it on return or error.
     """
+    with distributed.process_group(resolve_device(cfg.device)) as device:
+        return _pretrain(cfg, device, resume, progress)
+
+
+def _pretrain(cfg: TrainConfig, device: torch.device, resume: bool, progress: bool) -> TrainResult:
     rank, world = rank_and_world()
     is_main = rank == 0  # the only process that prints and writes files
-    device = resolve_device(cfg.device)
     out = Path(cfg.out_dir)
     ckpt_dir = out / CHECKPOINT_DIR
     ckpt = latest_checkpoint(ckpt_dir)
@@ -330,6 +353,10 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> T
     state = load_checkpoint(ckpt) if resume else None
     if state is not None:
         check_resumable(cfg, TrainConfig.from_dict(state["train_config"]))
+        saved_world = state.get("world_size", 1)
+        if saved_world != world:
+            raise ConfigError(f"the checkpoint was written by {saved_world} process(es), this run has {world}: the "
+                              f"global batch (batch_size x processes) would change; resume on {saved_world}")
 
     train = ShardDataset(cfg.data, "train", cfg.seq_len, cfg.batch_size * world, cfg.seed)
     val = ShardDataset(cfg.data, "val", cfg.seq_len, cfg.batch_size * world, cfg.seed) if cfg.eval_interval else None
@@ -340,18 +367,22 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> T
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
     model.set_gradient_checkpointing(cfg.activation_checkpointing)
+    n_params = model.num_parameters()
+    if state is not None:
+        model.load_state_dict(state["model"])  # full tensors, before FSDP shards them
+    # several processes: DDP's wrapper around model, or model itself sharded in place by FSDP
+    wrapped = distributed.wrap_model(model, cfg.strategy, device) if world > 1 else model
     optimizer = AdamW(param_groups_for_weight_decay(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                       weight_decay=cfg.weight_decay)
     step = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(optimizer, state["optimizer"])
         train.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         step = state["step"]
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (TF32), as nanoGPT
-    forward = torch.compile(model) if cfg.compile else model
+    forward = torch.compile(wrapped) if cfg.compile else wrapped
     autocast = torch.autocast(device.type, DTYPES[cfg.dtype]) if cfg.dtype != "float32" else nullcontext()
 
     log = MetricsLogger(out, enabled=is_main, resume_step=step if state is not None else None)
@@ -363,9 +394,10 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> T
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * world
     console = Console(stderr=True, quiet=not (progress and is_main))
     console.print(f"pretrain {cfg.preset if cfg.model_config is None else 'model_config'}: "
-                  f"{model.num_parameters():,} parameters, {flops / 1e6:,.1f} MFLOPs/token, {train.tokens:,} train "
-                  f"tokens, {tokens_per_step:,} tokens/step, {device}, peak {hw_peak.tflops:,.2f} TFLOPS "
-                  f"({hw_peak.source}){f', resumed at step {step}' if state else ''}")
+                  f"{n_params:,} parameters, {flops / 1e6:,.1f} MFLOPs/token, {train.tokens:,} train "
+                  f"tokens, {tokens_per_step:,} tokens/step, {device}"
+                  f"{f' x {world} processes ({cfg.strategy})' if world > 1 else ''}, peak {hw_peak.tflops:,.2f} "
+                  f"TFLOPS ({hw_peak.source}){f', resumed at step {step}' if state else ''}")
 
     def validate() -> float | None:
         if val is None:
@@ -385,7 +417,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> T
             t0 = time.perf_counter()
             lr = cfg.lr_at(step)
             set_lr(optimizer, lr)
-            loss, grad_norm = train_step(forward, optimizer, train, cfg, device, autocast, rank, world)
+            loss, grad_norm = train_step(wrapped, optimizer, train, cfg, device, autocast, rank, world, forward)
             step += 1
             seconds = time.perf_counter() - t0
             rate = tokens_per_step / seconds
@@ -395,25 +427,44 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> T
             log.log("train", step, loss=loss, lr=lr, grad_norm=grad_norm, tokens=step * tokens_per_step,
                     tokens_per_s=rate, mfu=use, seconds=seconds)
             bar.update(task, completed=step, stats=f"loss {loss:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s  MFU {use:.1%}")
+            if len(losses) == 1:  # AdamW's moments exist from the first step on
+                params = distributed.bytes_per_rank(model.parameters())
+                moments = distributed.bytes_per_rank(t for s in optimizer.state.values() for t in s.values()
+                                                     if t.dim() > 0)  # not the scalar step counts
+                log.log("memory", step, param_bytes=max(params), param_bytes_all_ranks=sum(params),
+                        optimizer_bytes=max(moments), optimizer_bytes_all_ranks=sum(moments))
             last = step == cfg.max_steps
             if cfg.eval_interval and (step % cfg.eval_interval == 0 or last):
                 val_loss = validate()
                 log.plot(f"{out.name}: step {step}, val loss {val_loss:.3f}")
-            if is_main and cfg.sample_interval and (step % cfg.sample_interval == 0 or last):
-                text = sample(model, tokenizer, cfg, step, device)
+            if cfg.sample_interval and (step % cfg.sample_interval == 0 or last):
+                text = sample(model, tokenizer, cfg, step, device)  # on every rank: FSDP's forward is a collective
                 log.log("sample", step, text=text)
                 console.print(f"step {step} sample: {text!r}")
-            if is_main and ((cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or last):
-                save_checkpoint(ckpt_dir, {"step": step, "model": model.state_dict(),
-                                           "optimizer": optimizer.state_dict(), "data": train.state_dict(),
-                                           "rng": rng_state(), "train_config": cfg.to_dict()}, cfg.keep_checkpoints)
-                save_model(model, out)
+            if (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or last:
+                # full tensors on every rank (FSDP all-gathers its shards: every rank takes part), written by rank 0
+                weights = distributed.full_state(model.state_dict())
+                moments = distributed.full_state(optimizer.state_dict())
+                if is_main:
+                    save_checkpoint(ckpt_dir, {"step": step, "model": weights, "optimizer": moments,
+                                               "data": train.state_dict(), "rng": rng_state(),
+                                               "train_config": cfg.to_dict(), "world_size": world},
+                                    cfg.keep_checkpoints)
+                    save_model(plain_model(mcfg, weights), out)
     log.plot(f"{out.name}: step {step}" + (f", val loss {val_loss:.3f}" if val_loss is not None else ""))
     log.close()
     tokens_per_s = statistics.median(rates[1:] or rates) if rates else 0.0
     return TrainResult(out_dir=out, steps=step, losses=losses, val_loss=val_loss, tokens_per_s=tokens_per_s,
                        mfu=mfu(flops, tokens_per_s / world, hw_peak.flops), peak=hw_peak,
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start, is_main=is_main)
+
+
+def plain_model(mcfg: TransformerConfig, state: dict[str, torch.Tensor]) -> Transformer:
+    """A Transformer holding state's tensors without copying them (built on the meta device), for save_model."""
+    with torch.device("meta"):
+        model = Transformer(mcfg)
+    model.load_state_dict(state, assign=True)
+    return model
 
 
 def _check(name: str, value: Any, ok, expected: str) -> None:
