@@ -7,6 +7,7 @@ temp name, fsynced and renamed over the final name, so a kill mid-write leaves t
     data                 ShardDataset.state_dict(): the batch sampler's RNG and position
     rng                  torch CPU (and every CUDA device), numpy's global RNG, Python's `random`
     train_config         the TrainConfig as a dict
+    world_size           processes that trained it; tensors are always full (unsharded), even under FSDP
 `checkpoints/latest` (JSON: step, file) names the newest and is written after it, also atomically; the `keep` newest
 checkpoints are kept. torch.save writes a zip archive whose members carry CRC-32s that torch.load never checks;
 `load_checkpoint` checks them (zipfile.testzip) first, so a truncated or corrupted file is an error that names it.

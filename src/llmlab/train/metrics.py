@@ -5,6 +5,7 @@ training):
     {"kind": "train", "step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "seconds"}
     {"kind": "val", "step", "loss", "ppl"}
     {"kind": "sample", "step", "text"}
+    {"kind": "memory", "step", "param_bytes", ...}   once, after the first step: bytes held per rank (FSDP shards)
 The same scalars go to TensorBoard as train/<name> and val/<name> (`tensorboard --logdir RUN/tb` opens them), samples
 as text. On resume from step S, records after S (written before the kill, after the checkpoint) are dropped from
 metrics.jsonl and TensorBoard is told to purge them too, so both show one trajectory.
