@@ -1,57 +1,156 @@
-"""Autoregressive generation, the plain way: run the whole (cropped) sequence through the model for every new token.
+"""Autoregressive generation on a KV cache: prefill the prompt once, then feed one new token per step.
 
-No KV cache, so each step costs a full forward over up to max_seq_len tokens (O(T^2) over a generation); it is the
-reference that faster decoders are checked against, and all that sample generations during training need.
+`stream` yields each step's tokens (what a server streams); `generate` collects them into a tensor. Both match
+HF `generate` token for token (tests/infer/test_generate.py): the same logits processing (`sampling.py`), the
+same single torch.multinomial call per step, eos handling (a finished row gets pad tokens while the others go
+on) and left-padding positions (counted from each row's first real token).
+
+Stop strings are found by decoding: after each step, a row's generated tokens are decoded in full and searched
+for each stop string, so a stop string spanning several tokens is found at the step its last character
+arrives (decoding the whole row, not just the new token, also handles tokens that are partial UTF-8
+characters). The row then stops; its tokens end with the one that completed the stop string, and
+`truncate_at_stop` cuts the decoded text before the stop string (OpenAI: the stop sequence is not returned).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from llmlab.errors import LlmlabError
+from llmlab.errors import ConfigError, LlmlabError
+from llmlab.infer.kv_cache import KVCache
+from llmlab.infer.sampling import SamplingParams, process_logits, sample
 from llmlab.model.transformer import Transformer
 
 
-@torch.no_grad()
-def generate(model: Transformer, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """input_ids (B, T) -> (B, T + max_new_tokens): the prompt followed by sampled tokens.
+@dataclass
+class Step:
+    """One decoding step for a batch of B rows."""
 
-    temperature=0 is greedy (argmax); otherwise sample from softmax(logits / temperature), restricted to the
-    top_k most likely tokens when top_k is set. `generator` (on the model's device) makes sampling reproducible.
-    The model is run in eval mode and put back in the mode it was in.
+    tokens: Tensor  # (B,) the token each row got; pad_token_id for rows that had already finished
+    logprobs: Tensor  # (B, V) log-softmax of the model's raw logits (before penalties, temperature, filters)
+    done: Tensor  # (B,) bool: the row has finished, at this step or before (eos, stop token, stop string)
+
+
+def stream(model: Transformer, input_ids: Tensor, params: SamplingParams, *, attention_mask: Tensor | None = None,
+           eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+           decode: Callable[[list[int]], str] | None = None,
+           generator: torch.Generator | None = None) -> Iterator[Step]:
+    """An iterator of one `Step` per generated token for input_ids (B, T), until every row is done or
+    params.max_new_tokens. Arguments are checked now, not at the first step.
+
+    attention_mask (B, T): 1 = token, 0 = left padding. eos_token_id and params.stop_token_ids end a row (the
+    stopping token is kept); finished rows then get pad_token_id (default: the first eos id, else 0), as in HF.
+    params.stop_strings need `decode` (token ids -> text). Randomness: `generator`, else a generator seeded with
+    params.seed, else torch's global RNG (what HF uses: torch.manual_seed(s) then either gives the same tokens).
+    The model runs in eval mode and is put back in its mode when the iterator ends or is closed.
     """
     if not model.cfg.causal:
         raise LlmlabError(f"generate needs a causal decoder; this model has arch={model.cfg.arch!r}")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise LlmlabError(f"input_ids must be (batch, seq) with seq >= 1, got shape {tuple(input_ids.shape)}")
-    if max_new_tokens < 0:
-        raise LlmlabError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if temperature < 0:
-        raise LlmlabError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 1:
-        raise LlmlabError(f"top_k={top_k} must be >= 1 or None")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise LlmlabError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids "
+                          f"{tuple(input_ids.shape)}")
+    if params.stop_strings and decode is None:
+        raise ConfigError("stop_strings need decode= (token ids -> text) to be detected")
+    eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    stop_ids = torch.tensor(eos + list(params.stop_token_ids), dtype=torch.long, device=input_ids.device)
+    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    if generator is None and params.seed is not None:
+        generator = torch.Generator(input_ids.device).manual_seed(params.seed)
+    return _steps(model, input_ids, attention_mask, params, stop_ids, pad, decode, generator)
+
+
+@torch.no_grad()
+def _steps(model: Transformer, input_ids: Tensor, mask: Tensor | None, params: SamplingParams, stop_ids: Tensor,
+           pad: int, decode: Callable[[list[int]], str] | None, generator: torch.Generator | None) -> Iterator[Step]:
+    """The decoding loop behind `stream`: prefill once, then one token per step for all B rows."""
+    if params.max_new_tokens == 0:
+        return
     was_training = model.training
     model.eval()
     try:
+        max_len = model.cfg.max_seq_len
+        b, n_prompt = input_ids.shape
         ids = input_ids
-        for _ in range(max_new_tokens):
-            context = ids[:, -model.cfg.max_seq_len:]  # (B, <= max_seq_len): positions beyond it are unseen
-            logits = model(context)[:, -1, :].float()  # (B, V): the distribution of the next token
-            ids = torch.cat([ids, next_token(logits, temperature, top_k, generator)], dim=1)
-        return ids
+        cache, logits = prefill(model, ids, mask, min(max_len, n_prompt + params.max_new_tokens))
+        next_pos = mask.sum(-1, keepdim=True) if mask is not None else torch.full((b, 1), n_prompt)  # (B, 1)
+        next_pos = next_pos.to(input_ids.device)
+        done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        for step in range(params.max_new_tokens):
+            if step > 0:
+                if cache.length == cache.max_len:
+                    # past max_seq_len: the context slides, re-prefilled from the last max_seq_len tokens
+                    cache, logits = prefill(model, ids, mask, max_len)
+                else:
+                    logits = model(ids[:, -1:], position_ids=next_pos, cache=cache)[:, -1]
+                next_pos = next_pos + 1
+            logits = logits.float()  # (B, V), as HF: processing and sampling in fp32
+            scores = process_logits(logits, ids, params, attention_mask=mask, n_prompt=n_prompt)
+            tokens = scores.argmax(dim=-1) if params.greedy else sample(scores, generator)  # (B,)
+            tokens = tokens.masked_fill(done, pad)
+            ids = torch.cat([ids, tokens[:, None]], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            finished = torch.isin(tokens, stop_ids)
+            if params.stop_strings:
+                finished |= hits_stop_string(ids[:, n_prompt:], params.stop_strings, decode)
+            done = done | finished
+            yield Step(tokens, torch.log_softmax(logits, dim=-1), done.clone())
+            if done.all():
+                return
     finally:
         model.train(was_training)
 
 
-def next_token(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> Tensor:
-    """logits (B, V) -> token ids (B, 1)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)  # (B, V)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+def prefill(model: Transformer, ids: Tensor, mask: Tensor | None, capacity: int) -> tuple[KVCache, Tensor]:
+    """Run the last `capacity` tokens of ids (B, T) through a new cache; returns it and the last logits (B, V).
+
+    With left padding, positions count from each row's first real token (HF's convention).
+    """
+    ids = ids[:, -capacity:]
+    mask = mask[:, -capacity:] if mask is not None else None
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0) if mask is not None else None  # (B, T)
+    param = next(model.parameters())
+    cache = KVCache(model.cfg, ids.shape[0], max_len=capacity, dtype=param.dtype, device=param.device)
+    logits = model(ids, attention_mask=mask, position_ids=positions, cache=cache)[:, -1]
+    return cache, logits
+
+
+def hits_stop_string(generated: Tensor, stop_strings: Sequence[str], decode: Callable[[list[int]], str]) -> Tensor:
+    """generated (B, n) -> (B,) bool: the row's decoded text contains a stop string."""
+    texts = [decode(row) for row in generated.tolist()]
+    return torch.tensor([any(s in text for s in stop_strings) for text in texts], device=generated.device)
+
+
+def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """The text before the earliest stop string it contains (all of it when there is none)."""
+    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def generate(model: Transformer, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, generator: torch.Generator | None = None, *,
+             attention_mask: Tensor | None = None, eos_token_id: int | Sequence[int] | None = None,
+             pad_token_id: int | None = None, decode: Callable[[list[int]], str] | None = None,
+             **sampling) -> Tensor:
+    """input_ids (B, T) -> (B, T + n): the prompt followed by the generated tokens, n <= max_new_tokens.
+
+    temperature=0 is greedy. `sampling` takes any other `SamplingParams` field (top_p=0.9, min_p=0.05,
+    repetition_penalty=1.2, stop_strings=("\\n",), seed=0, ...); the other arguments are `stream`'s. Without
+    eos/stop settings every row gets exactly max_new_tokens tokens; with them, generation ends when all rows
+    have finished, and finished rows are filled with pad_token_id.
+    """
+    unknown = sorted(set(sampling) - {f.name for f in dataclasses.fields(SamplingParams)})
+    if unknown:
+        raise ConfigError(f"unknown sampling parameter(s): {', '.join(unknown)}")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, **sampling)
+    tokens = [step.tokens for step in stream(model, input_ids, params, attention_mask=attention_mask,
+                                             eos_token_id=eos_token_id, pad_token_id=pad_token_id, decode=decode,
+                                             generator=generator)]
+    return torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1) if tokens else input_ids.clone()
