@@ -61,3 +61,42 @@ def tokenizer(
 ) -> None:
     load_benchmark("tokenizer").main(vocab_size=vocab_size, text_bytes=text_bytes, inputs=input,
                                      repeats=repeats, save=save)
+
+
+@app.command("train", help="Training step tokens/s, MFU and peak memory: ours vs the same model in HF transformers.")
+def train(
+    preset: str = typer.Option("tiny", help="Model size: tiny, small, gpt2-124m."),
+    style: str = typer.Option(None, help="Model family: gpt2, llama, mistral, qwen2 [default per preset]."),
+    vocab_size: int = typer.Option(4096, min=2, help="Vocabulary size of both models."),
+    batch_size: int = typer.Option(8, min=1, help="Sequences per step."),
+    seq_len: int = typer.Option(128, min=2, help="Tokens per sequence."),
+    steps: int = typer.Option(20, min=1, help="Timed steps per model and round."),
+    warmup: int = typer.Option(3, min=0, help="Untimed steps per model before the rounds."),
+    rounds: int = typer.Option(3, min=1, help="Rounds; ours and HF alternate step by step, who leads alternating."),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    dtype: str = typer.Option("float32", help="float32, or bfloat16 (autocast, fp32 weights)."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile both models."),
+    save: Path = typer.Option(None, help="Add the run to this JSON file (e.g. benchmarks/results/train-cpu.json)."),
+) -> None:
+    load_benchmark("train").main(preset=preset, style=style, vocab_size=vocab_size, batch_size=batch_size,
+                                 seq_len=seq_len, steps=steps, warmup=warmup, rounds=rounds, dtype=dtype,
+                                 device=device, compile=compile, save=save)
+
+
+@app.command("speculative", help="Speculative decoding (layer-skip draft, prompt lookup) vs plain: tok/s, speed-up, "
+                                 "acceptance rate; same model, prompt and settings.")
+def speculative(
+    model: Path = typer.Option(None, help="llmlab run dir or HF checkpoint dir; default: random weights."),
+    preset: str = typer.Option("small", help="Preset of the random-weights model (without --model)."),
+    new_tokens: int = typer.Option(128, min=1),
+    k: int = typer.Option(4, "-k", min=1, help="Draft tokens per round."),
+    draft_layers: int = typer.Option(None, min=1, help="Blocks in the self-speculative draft; default: half."),
+    ngram: int = typer.Option(3, min=1, help="Prompt lookup: longest n-gram matched in the context."),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (tokens checked equal to plain decoding)."),
+    repeats: int = typer.Option(3, min=1, help="Timed runs per decoder (median)."),
+    threads: int = typer.Option(1, min=1, help="CPU threads (1 keeps timings stable on a shared machine)."),
+    save: Path = typer.Option(None, help="Also write the results as JSON here."),
+) -> None:
+    load_benchmark("speculative").main(model=model, preset=preset, new_tokens=new_tokens, k=k,
+                                       draft_layers=draft_layers, ngram=ngram, temperature=temperature,
+                                       repeats=repeats, threads=threads, save=save)

@@ -1,7 +1,8 @@
-"""Inference: sampling, KV-cached generation (streaming), beam search."""
+"""Inference: sampling, KV-cached generation (streaming), beam search, speculative decoding."""
 
 from llmlab.infer.beam import beam_search
 from llmlab.infer.generate import generate, stream
 from llmlab.infer.sampling import SamplingParams
+from llmlab.infer.speculative import prompt_lookup_generate, speculative_generate
 
-__all__ = ["SamplingParams", "beam_search", "generate", "stream"]
+__all__ = ["SamplingParams", "beam_search", "generate", "prompt_lookup_generate", "speculative_generate", "stream"]

@@ -95,6 +95,18 @@ class KVCache:
         mask = None if self.mask is None else self.mask[:, -keys.shape[2]:]  # the rolling buffer keeps the last Tk
         return keys, values, mask
 
+    def crop(self, length: int) -> None:
+        """Forget every token from position `length` on (speculative decoding's rollback of rejected drafts);
+        the next forward writes over their slots. A rolling buffer cannot: it has overwritten older tokens."""
+        if self.window is not None:
+            raise LlmlabError("crop needs the full cache: a rolling buffer has overwritten the tokens it would "
+                              "roll back to; build the KVCache with rolling=False")
+        if not 0 <= length <= self.length:
+            raise LlmlabError(f"crop length={length} must be in [0, {self.length}] (the tokens cached)")
+        self.length = length
+        if self.mask is not None:
+            self.mask = self.mask[:, :length]
+
     def get(self, layer: int) -> tuple[Tensor, Tensor]:
         """The keys and values (B, Hkv, n, D) stored for `layer`, oldest first (rolling: the last `window`)."""
         return self._read(layer, self.length)

@@ -8,6 +8,7 @@ reduction=...) except that the class dim is always last: logits (..., V), target
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from llmlab.errors import LlmlabError
@@ -91,6 +92,36 @@ def _check_inputs(
         raise LlmlabError(f"z_loss={z_loss} must be >= 0")
 
 
-def next_token_loss(logits: Tensor, input_ids: Tensor, ignore_index: int = -100) -> Tensor:
-    """Causal LM objective: logits at position t are scored against the token at t + 1 (teacher forcing)."""
-    return cross_entropy(logits[:, :-1], input_ids[:, 1:], ignore_index=ignore_index)
+def torch_cross_entropy(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "mean",
+) -> Tensor:
+    """The same loss through torch's fused kernel (F.cross_entropy): the fast default in training.
+
+    `cross_entropy` above is the readable one; tests/model/test_loss.py proves the two equal.
+    """
+    _check_inputs(logits, targets, label_smoothing, z_loss, reduction)
+    flat, tgt = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long()
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()  # as cross_entropy: low-precision logits are scored in float32
+    loss = F.cross_entropy(flat, tgt, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none")
+    valid = tgt != ignore_index
+    if z_loss:
+        loss = loss + z_loss * torch.logsumexp(flat, dim=-1).pow(2).masked_fill(~valid, 0.0)
+    if reduction == "none":
+        return loss.view(targets.shape)
+    return loss.sum() if reduction == "sum" else loss.sum() / valid.sum()
+
+
+def next_token_loss(logits: Tensor, input_ids: Tensor, ignore_index: int = -100, impl: str = "torch") -> Tensor:
+    """Causal LM objective: logits at position t are scored against the token at t + 1 (teacher forcing).
+
+    impl="torch" uses the fused kernel, impl="ours" the from-scratch cross_entropy; equal to fp32 tolerance.
+    """
+    loss_fn = torch_cross_entropy if impl == "torch" else cross_entropy
+    return loss_fn(logits[:, :-1], input_ids[:, 1:], ignore_index=ignore_index)

@@ -48,7 +48,7 @@ from llmlab.infer.generate import generate
 from llmlab.model.config import TransformerConfig
 from llmlab.model.flops import flops_per_token
 from llmlab.model.io import atomic_write, save_model
-from llmlab.model.loss import cross_entropy
+from llmlab.model.loss import torch_cross_entropy as cross_entropy  # fused kernel; ours is tested equal
 from llmlab.model.presets import SIZES, preset
 from llmlab.model.transformer import Transformer
 from llmlab.tokenizer.bytes import ByteTokenizer
