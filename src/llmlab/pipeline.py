@@ -171,8 +171,8 @@ def run(cfg: RunConfig, console: Console | None = None) -> RunReport:
                             eval_interval=cfg.eval_interval, eval_batches=cfg.eval_batches,
                             sample_interval=cfg.max_steps, sample_tokens=cfg.sample_tokens,
                             checkpoint_interval=max(cfg.max_steps // 10, 1), seed=cfg.seed, device=cfg.device)
-    ckpt = latest_checkpoint(model_dir / "checkpoints")
-    done_steps = torch.load(ckpt, map_location="cpu", weights_only=False)["step"] if ckpt else 0
+    ckpt = latest_checkpoint(model_dir / "checkpoints")  # validates the `latest` pointer, which names the step
+    done_steps = json.loads((model_dir / "checkpoints" / "latest").read_text())["step"] if ckpt else 0
     if done_steps >= cfg.max_steps:
         report.reused.append("pretrain")
         console.print(f"reusing {model_dir} ({done_steps} steps done)")
