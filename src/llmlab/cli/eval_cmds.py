@@ -13,7 +13,7 @@ from llmlab.cli.model_cmds import MODEL_ARG
 from llmlab.errors import LlmlabError
 from llmlab.eval.perplexity import evaluate_text
 from llmlab.model.io import load_model
-from llmlab.tokenizer.bytes import ByteTokenizer
+from llmlab.tokenizer import find_tokenizer
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -69,20 +69,3 @@ def read_eval_text(path: Path) -> str:
     if suffix in JSONL_SUFFIXES:
         return "\n\n".join(doc.text for doc in read_jsonl(path))
     raise LlmlabError(f"--data {path}: expected a .txt or .jsonl file, got {suffix or 'no suffix'!r}")
-
-
-def find_tokenizer(model_dir: Path, vocab_size: int, tokenizer_dir: Path | None):
-    """--tokenizer DIR; else MODEL/tokenizer/ (run dir) or MODEL/tokenizer.json (HF dir); else bytes if vocab fits."""
-    if tokenizer_dir is None:
-        for candidate in (model_dir / "tokenizer", model_dir):
-            if (candidate / "tokenizer.json").is_file():
-                tokenizer_dir = candidate
-                break
-    if tokenizer_dir is not None:
-        from llmlab.tokenizer import load_tokenizer
-
-        return load_tokenizer(tokenizer_dir)
-    if vocab_size == ByteTokenizer().vocab_size:
-        return ByteTokenizer()
-    raise LlmlabError(f"{model_dir} has no tokenizer/ and its vocab_size={vocab_size} is not the byte tokenizer's "
-                      f"{ByteTokenizer().vocab_size}: pass --tokenizer DIR")

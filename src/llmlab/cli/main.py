@@ -8,7 +8,16 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from llmlab.cli import bench, data_cmds, eval_cmds, model_cmds, pretrain_cmds, run_cmd, tokenizer_cmds
+from llmlab.cli import (
+    bench,
+    data_cmds,
+    eval_cmds,
+    generate_cmds,
+    model_cmds,
+    pretrain_cmds,
+    run_cmd,
+    tokenizer_cmds,
+)
 from llmlab.errors import LlmlabError
 
 app = typer.Typer(help="llmlab: LLM techniques from scratch, proven equal to the references.",
@@ -17,6 +26,9 @@ app.command("run", help="The main job: build a model from a preset, train briefl
     run_cmd.run)
 app.command("pretrain", help="Pretrain a model on token shards: progress, val loss, samples, checkpoints, --resume.")(
     pretrain_cmds.pretrain)
+app.command("generate", help="Generate text from MODEL (llmlab run dir or HF dir); --stream prints tokens as they come.")(
+    generate_cmds.generate)
+app.command("chat", help="Chat with MODEL in the terminal with its chat template (ChatML by default).")(generate_cmds.chat)
 app.command("export", help="Export MODEL (llmlab run dir or HF dir) to another format.")(model_cmds.export)
 app.command("info", help="Show a model's config, parameters and FLOPs (llmlab run dir or HF dir).")(
     model_cmds.info)

@@ -1,0 +1,140 @@
+"""`llmlab generate` and `llmlab chat`: text from MODEL (an llmlab run dir or an HF checkpoint dir) via the engine."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from llmlab.cli.model_cmds import MODEL_ARG
+from llmlab.errors import LlmlabError
+from llmlab.infer.chat_template import ChatTemplate, load_chat_template
+from llmlab.infer.sampling import SamplingParams
+from llmlab.model.io import is_run_dir, load_model
+from llmlab.serve.engine import Engine
+from llmlab.tokenizer import find_tokenizer
+
+MAX_NEW_TOKENS = typer.Option(128, "--max-new-tokens", min=1, help="Most tokens to generate (per answer in chat).")
+TEMPERATURE = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature; 0 = greedy.")
+TOP_K = typer.Option(None, "--top-k", min=1, help="Sample from the k most likely tokens [off].")
+TOP_P = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling: keep this much probability [1 = off].")
+SEED = typer.Option(None, "--seed", help="Seed for reproducible sampling [random].")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+
+
+def generate(
+    model: Path = MODEL_ARG,
+    prompt: str = typer.Option(..., "--prompt", help="The text to continue."),
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = TEMPERATURE,
+    top_k: int = TOP_K,
+    top_p: float = TOP_P,
+    seed: int = SEED,
+    stream: bool = typer.Option(False, "--stream", help="Print each token as it is generated."),
+    device: str = DEVICE,
+) -> None:
+    engine = open_engine(model, device)
+    ids = prompt_ids(model, engine.tokenizer, prompt)
+    params = SamplingParams(max_new_tokens=fit_new_tokens(engine, len(ids), max_new_tokens),
+                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    start = time.perf_counter()
+    pieces, n_tokens, finish = [], 0, None
+    for event in engine.events(engine.submit(ids, params)):
+        n_tokens += event.token_id >= 0
+        finish = event.finish_reason
+        if stream:
+            typer.echo(event.text, nl=False)
+        pieces.append(event.text)
+        if finish == "error":
+            raise LlmlabError(f"generation failed: {event.error}")
+    typer.echo("" if stream else "".join(pieces))
+    seconds = time.perf_counter() - start
+    typer.echo(f"[{n_tokens} tokens in {seconds:.2f} s, {n_tokens / max(seconds, 1e-9):.1f} tokens/s, "
+               f"finish: {finish}]", err=True)
+
+
+def chat(
+    model: Path = MODEL_ARG,
+    system: str = typer.Option(None, "--system", help="A system message that starts the conversation."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Most tokens per answer."),
+    temperature: float = TEMPERATURE,
+    top_k: int = TOP_K,
+    top_p: float = TOP_P,
+    seed: int = SEED,
+    device: str = DEVICE,
+) -> None:
+    engine = open_engine(model, device)
+    tokenizer = engine.tokenizer
+    template = load_chat_template(model)
+    stop_ids, stop_strings = template.stop_token_ids(tokenizer), template.stop_strings(tokenizer)
+    start: list[dict] = [{"role": "system", "content": system}] if system else []
+    history = list(start)
+    typer.echo(f"chatting with {model} ({'its own chat template' if template.source else 'ChatML'}); "
+               "/reset forgets the conversation, /exit or Ctrl-D quits")
+    turn = 0
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:  # end of input (Ctrl-D, or a pipe): leave quietly
+            typer.echo()
+            return
+        if line.strip() == "/exit":
+            return
+        if line.strip() == "/reset":
+            history = list(start)
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        history, ids = fit_conversation(template, tokenizer, history, len(start), engine.max_seq_len, max_new_tokens)
+        if ids is None:
+            typer.echo(f"(that message does not fit the model's context of {engine.max_seq_len} tokens)", err=True)
+            continue
+        params = SamplingParams(max_new_tokens=min(max_new_tokens, engine.max_seq_len - len(ids)),
+                                temperature=temperature, top_k=top_k, top_p=top_p, stop_token_ids=stop_ids,
+                                stop_strings=stop_strings, seed=None if seed is None else seed + turn)
+        reply = []
+        for event in engine.events(engine.submit(ids, params)):
+            if event.finish_reason == "error":
+                raise LlmlabError(f"generation failed: {event.error}")
+            typer.echo(event.text, nl=False)
+            reply.append(event.text)
+        typer.echo()
+        history.append({"role": "assistant", "content": "".join(reply)})
+        turn += 1
+
+
+def open_engine(model: Path, device: str) -> Engine:
+    m = load_model(model)
+    return Engine(m, find_tokenizer(model, m.cfg.vocab_size), max_batch_size=1, device=device)
+
+
+def prompt_ids(model: Path, tokenizer, text: str) -> list[int]:
+    """A document start, then the text: llmlab runs trained on documents each followed by eos, so eos starts one;
+    an HF model gets its bos token when it has one."""
+    start = tokenizer.eos_id if is_run_dir(model) else getattr(tokenizer, "bos_id", None)
+    return ([start] if start is not None else []) + tokenizer.encode(text)
+
+
+def fit_new_tokens(engine: Engine, n_prompt: int, max_new_tokens: int) -> int:
+    """max_new_tokens, lowered so the prompt and the answer fit the context."""
+    room = engine.max_seq_len - n_prompt
+    if room < 1:
+        raise LlmlabError(f"the prompt is {n_prompt} tokens; the model's context is {engine.max_seq_len}")
+    return min(max_new_tokens, room)
+
+
+def fit_conversation(template: ChatTemplate, tokenizer, history: list[dict], keep: int, context: int,
+                     max_new_tokens: int) -> tuple[list[dict], list[int] | None]:
+    """The prompt ids of history, dropping the oldest exchanges (user + assistant) after the first `keep` messages
+    (the system message) until the prompt leaves room for max_new_tokens or the new message is all that is left.
+    None: the new message alone does not fit; it is removed from the history returned."""
+    while True:
+        ids = tokenizer.encode(template.render(history, add_generation_prompt=True), allowed_special="all")
+        if len(ids) + max_new_tokens <= context or len(history) <= keep + 1:
+            break
+        history = history[:keep] + history[keep + 2:]
+    if len(ids) >= context:
+        return history[:-1], None
+    return history, ids
