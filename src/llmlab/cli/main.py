@@ -16,6 +16,7 @@ from llmlab.cli import (
     model_cmds,
     pretrain_cmds,
     run_cmd,
+    serve_cmds,
     tokenizer_cmds,
 )
 from llmlab.errors import LlmlabError
@@ -26,9 +27,11 @@ app.command("run", help="The main job: build a model from a preset, train briefl
     run_cmd.run)
 app.command("pretrain", help="Pretrain a model on token shards: progress, val loss, samples, checkpoints, --resume.")(
     pretrain_cmds.pretrain)
-app.command("generate", help="Generate text from MODEL (llmlab run dir or HF dir); --stream prints tokens as they come.")(
+app.command("generate", help="Generate text from MODEL (run dir or HF dir); --stream prints tokens as they come.")(
     generate_cmds.generate)
-app.command("chat", help="Chat with MODEL in the terminal with its chat template (ChatML by default).")(generate_cmds.chat)
+app.command("chat", help="Chat with MODEL in the terminal, with its chat template (ChatML by default).")(
+    generate_cmds.chat)
+app.command("serve", help="Serve MODEL: an OpenAI-compatible API (/v1) and a chat page (/).")(serve_cmds.serve)
 app.command("export", help="Export MODEL (llmlab run dir or HF dir) to another format.")(model_cmds.export)
 app.command("info", help="Show a model's config, parameters and FLOPs (llmlab run dir or HF dir).")(
     model_cmds.info)
