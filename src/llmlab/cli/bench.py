@@ -100,3 +100,12 @@ def speculative(
     load_benchmark("speculative").main(model=model, preset=preset, new_tokens=new_tokens, k=k,
                                        draft_layers=draft_layers, ngram=ngram, temperature=temperature,
                                        repeats=repeats, threads=threads, save=save)
+
+
+@app.command("peft-memory", help="Trainable params and peak training memory: full / LoRA / QLoRA on the same model.")
+def peft_memory(
+    preset: str = typer.Option("small"), batch: int = typer.Option(4, min=1), seq_len: int = typer.Option(256, min=2),
+    r: int = typer.Option(8, min=1), device: str = typer.Option("cpu", help="cpu or cuda"),
+    save: Path = typer.Option(None, help="Also write the results as JSON here."),
+) -> None:
+    load_benchmark("peft_memory").main(preset=preset, batch=batch, seq_len=seq_len, r=r, device=device, save=save)
