@@ -16,7 +16,33 @@ from llmlab.posttrain.lora import LoRALinear, apply_lora, load_adapter, merge_lo
 from llmlab.posttrain.ppo import gae, kl_penalized_rewards, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
 from llmlab.posttrain.reward import RewardModel, bradley_terry_loss, pairwise_accuracy
 
-__all__ = ["LoRALinear", "RewardModel", "apply_lora", "load_adapter", "merge_lora", "save_adapter", "bradley_terry_loss", "completion_logprobs", "dpo_loss", "gae", "group_advantages",
-           "grpo_loss", "hinge_loss", "ipo_loss", "k3_kl", "kl_penalized_rewards", "kto_kl_estimate", "kto_loss",
-           "masked_mean", "masked_whiten", "orpo_odds_ratio_loss", "pairwise_accuracy", "ppo_policy_loss",
-           "ppo_value_loss", "robust_dpo_loss", "sequence_logprobs", "simpo_loss", "token_logprobs"]
+__all__ = [
+    "LoRALinear",
+    "RewardModel",
+    "apply_lora",
+    "bradley_terry_loss",
+    "completion_logprobs",
+    "dpo_loss",
+    "gae",
+    "group_advantages",
+    "grpo_loss",
+    "hinge_loss",
+    "ipo_loss",
+    "k3_kl",
+    "kl_penalized_rewards",
+    "kto_kl_estimate",
+    "kto_loss",
+    "load_adapter",
+    "masked_mean",
+    "masked_whiten",
+    "merge_lora",
+    "orpo_odds_ratio_loss",
+    "pairwise_accuracy",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "robust_dpo_loss",
+    "save_adapter",
+    "sequence_logprobs",
+    "simpo_loss",
+    "token_logprobs",
+]
