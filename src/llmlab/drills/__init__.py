@@ -1,0 +1,1 @@
+"""Drills: write an LLM building block by hand, graded against the very code llmlab runs (see README.md)."""

@@ -1,0 +1,2 @@
+def log_softmax(logits, dim=-1):
+    return logits - logits.exp().sum(dim, keepdim=True).log()
