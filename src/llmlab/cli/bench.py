@@ -109,3 +109,34 @@ def peft_memory(
     save: Path = typer.Option(None, help="Also write the results as JSON here."),
 ) -> None:
     load_benchmark("peft_memory").main(preset=preset, batch=batch, seq_len=seq_len, r=r, device=device, save=save)
+
+
+@app.command("generate", help="Batch-1 greedy decode tok/s and time to first token vs HF generate on the same weights; "
+                              "KV cache bytes per token; prompt-lookup speed-up.")
+def generate(
+    preset: str = typer.Option("small", help="Model size (random weights): tiny, small, gpt2-124m."),
+    prompt_len: int = typer.Option(64, min=2, help="Prompt tokens (random ids)."),
+    new_tokens: int = typer.Option(128, min=2, help="Tokens generated per run."),
+    repeats: int = typer.Option(3, min=1, help="Timed runs per side (median); ours and HF alternate."),
+    threads: int = typer.Option(1, min=1, help="CPU threads for both (1 is steadier on a shared machine)."),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16"),
+    save: Path = typer.Option(None, help="Add the run to this JSON file (e.g. benchmarks/results/generate-cpu.json)."),
+) -> None:
+    load_benchmark("generate").main(preset=preset, prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats,
+                                    threads=threads, device=device, dtype=dtype, save=save)
+
+
+@app.command("serve", help="llmlab serve under concurrent streaming clients on 127.0.0.1: tok/s, TTFT and latency "
+                           "p50/p99 per level, vs HF generate answering the same requests one at a time.")
+def serve(
+    preset: str = typer.Option("tiny", help="Model size (random weights): tiny, small, gpt2-124m."),
+    concurrency: str = typer.Option("1,4,16", help="Comma-separated numbers of clients in flight."),
+    requests_per_level: int = typer.Option(32, min=1, help="Requests sent at each concurrency level."),
+    max_tokens: int = typer.Option(32, min=1, help="max_tokens of each request."),
+    threads: int = typer.Option(1, min=1, help="CPU threads (1 is steadier on a shared machine)."),
+    save: Path = typer.Option(None, help="Add the run to this JSON file (e.g. benchmarks/results/serve-cpu.json)."),
+) -> None:
+    load_benchmark("serve").main(preset=preset, concurrency=tuple(_ints(concurrency)),
+                                 requests_per_level=requests_per_level, max_tokens=max_tokens, threads=threads,
+                                 save=save)
