@@ -26,13 +26,9 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 MODEL_NAME = "bench"
@@ -42,32 +38,11 @@ REQUEST_TIMEOUT_S = 120  # one request, connect to [DONE]
 LEVEL_TIMEOUT_S = 600  # one concurrency level, all its requests
 
 
-@contextmanager
-def serving(engine, tokenizer) -> Iterator[str]:
-    """The engine's API on 127.0.0.1:free-port for the `with` block; yields the base URL. Stopped however it ends."""
-    import uvicorn
+def serving(engine, tokenizer):
+    """The engine's API on 127.0.0.1:free-port for the `with` block; yields the base URL."""
+    from llmlab.serve.background import serve_in_background
 
-    from llmlab.serve.api import create_app
-
-    app = create_app(engine, tokenizer, MODEL_NAME)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    engine.start()
-    thread.start()
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start within {START_TIMEOUT_S}s")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.stop()
-        sock.close()
+    return serve_in_background(engine, tokenizer, MODEL_NAME, start_timeout=START_TIMEOUT_S)
 
 
 def prompts(n: int) -> list[str]:

@@ -8,21 +8,15 @@ model output; to anything else it answers like the random model it mostly still 
 from __future__ import annotations
 
 import functools
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
-import uvicorn
 
 from llmlab.data.samples import sample_text
 from llmlab.infer.chat_template import render
 from llmlab.model.presets import preset
 from llmlab.model.transformer import Transformer
 from llmlab.serve import tools
-from llmlab.serve.api import create_app
+from llmlab.serve.background import serve_in_background
 from llmlab.serve.engine import Engine
 from llmlab.serve.schemas import ChatMessage, Tool
 from llmlab.tokenizer import Tokenizer, train_tokenizer
@@ -68,25 +62,6 @@ def tool_calling_model(max_steps: int = 300) -> Transformer:
     raise RuntimeError(f"the tiny model did not learn the tool call in {max_steps} steps")
 
 
-@contextmanager
-def serving(engine: Engine, api_key: str | None = None) -> Iterator[str]:
+def serving(engine: Engine, api_key: str | None = None):
     """The engine's API on a fresh port for the `with` block; yields the base URL (http://127.0.0.1:PORT)."""
-    app = create_app(engine, engine.tokenizer, MODEL_NAME, api_key=api_key)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    engine.start()
-    thread.start()
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start within {START_TIMEOUT_S}s")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.stop()
-        sock.close()
+    return serve_in_background(engine, engine.tokenizer, MODEL_NAME, api_key=api_key, start_timeout=START_TIMEOUT_S)
