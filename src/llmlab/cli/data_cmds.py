@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from llmlab.cli.posttrain_cmds import data_prefs, data_sft
 from llmlab.errors import LlmlabError
 
 app = typer.Typer(no_args_is_help=True)
@@ -74,3 +75,7 @@ def prepare(
                          cache_dir=_cache(cache), progress=True)
     for table in report.tables():
         out.print(table)
+
+
+app.command("sft", help="Write a generated chat SFT set with checkable answers (train/val JSONL + manifest).")(data_sft)
+app.command("prefs", help="Write a generated preference set: right answer vs a plausible corruption.")(data_prefs)

@@ -15,6 +15,7 @@ from llmlab.cli import (
     eval_cmds,
     generate_cmds,
     model_cmds,
+    posttrain_cmds,
     pretrain_cmds,
     run_cmd,
     serve_cmds,
@@ -33,6 +34,8 @@ app.command("generate", help="Generate text from MODEL (run dir or HF dir); --st
 app.command("chat", help="Chat with MODEL in the terminal, with its chat template (ChatML by default).")(
     generate_cmds.chat)
 app.command("serve", help="Serve MODEL: an OpenAI-compatible API (/v1) and a chat page (/).")(serve_cmds.serve)
+app.command("sft", help="Fine-tune MODEL on chat data, loss on assistant tokens only; --lora for adapters.")(
+    posttrain_cmds.sft)
 app.command("export", help="Export MODEL (llmlab run dir or HF dir) to another format.")(model_cmds.export)
 app.command("info", help="Show a model's config, parameters and FLOPs (llmlab run dir or HF dir).")(
     model_cmds.info)

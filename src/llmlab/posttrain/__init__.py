@@ -1,5 +1,6 @@
 """Post-training: log-probs, LoRA/DoRA adapters, reward model, preference losses (DPO family), PPO and GRPO losses."""
 
+from llmlab.posttrain.chat_data import grade, load_chat_data, make_pref_set, make_sft_set
 from llmlab.posttrain.dpo import (
     dpo_loss,
     hinge_loss,
@@ -15,6 +16,7 @@ from llmlab.posttrain.logprobs import completion_logprobs, sequence_logprobs, to
 from llmlab.posttrain.lora import LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
 from llmlab.posttrain.ppo import gae, kl_penalized_rewards, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
 from llmlab.posttrain.reward import RewardModel, bradley_terry_loss, pairwise_accuracy
+from llmlab.posttrain.sft import held_out_accuracy, sft_loss, tokenize_chat, train_sft
 
 __all__ = [
     "LoRALinear",
@@ -24,8 +26,10 @@ __all__ = [
     "completion_logprobs",
     "dpo_loss",
     "gae",
+    "grade",
     "group_advantages",
     "grpo_loss",
+    "held_out_accuracy",
     "hinge_loss",
     "ipo_loss",
     "k3_kl",
@@ -33,6 +37,9 @@ __all__ = [
     "kto_kl_estimate",
     "kto_loss",
     "load_adapter",
+    "load_chat_data",
+    "make_pref_set",
+    "make_sft_set",
     "masked_mean",
     "masked_whiten",
     "merge_lora",
@@ -43,6 +50,9 @@ __all__ = [
     "robust_dpo_loss",
     "save_adapter",
     "sequence_logprobs",
+    "sft_loss",
     "simpo_loss",
     "token_logprobs",
+    "tokenize_chat",
+    "train_sft",
 ]
