@@ -117,6 +117,10 @@ class KVCache:
         return pos if self.window is None else pos % self.window
 
     def _write(self, layer: int, k: Tensor, v: Tensor, start: int) -> None:
+        if self.window is None:  # contiguous slots: a plain slice copy, no index tensor to build
+            self.k[layer, :, :, start:start + k.shape[2]] = k
+            self.v[layer, :, :, start:start + k.shape[2]] = v
+            return
         slots = self._slots(start, start + k.shape[2])
         self.k[layer].index_copy_(2, slots, k)  # self.k[layer]: (B, Hkv, capacity, D), a view of the buffer
         self.v[layer].index_copy_(2, slots, v)

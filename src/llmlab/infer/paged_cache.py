@@ -100,38 +100,38 @@ class PagedKVCache:
         self.allocator.free(self.block_tables.pop(seq_id))
         del self.lengths[seq_id]
 
-    def slots(self, seq_id: object, start: int, end: int) -> Tensor:
-        """Flat slot ids (block * block_size + offset) of the positions [start, end) of seq_id."""
-        pos = torch.arange(start, end)
-        table = torch.tensor(self.block_tables[seq_id], dtype=torch.long)
-        return (table[pos // self.block_size] * self.block_size + pos % self.block_size).to(self.k.device)
+    def slots(self, seq_ids: list) -> tuple[Tensor, Tensor | None]:
+        """Flat slot ids (block * block_size + offset) of every stored token of seq_ids, left-padded to the
+        longest: (B, Tk), and the padding mask (B, Tk) (None when all lengths are equal). Padding points at slot 0.
+        Every sequence's newest token sits in the last column, where attention's bottom-right alignment puts the
+        new queries."""
+        lengths = [self.lengths[s] for s in seq_ids]
+        tables = [self.block_tables[s] for s in seq_ids]
+        tk, n_blocks = max(lengths), max(len(t) for t in tables)
+        table = torch.tensor([t + [0] * (n_blocks - len(t)) for t in tables], dtype=torch.long)  # (B, n_blocks)
+        # column c of row b holds position c - (tk - length_b); negative = left padding
+        pos = torch.arange(tk) - (tk - torch.tensor(lengths))[:, None]  # (B, Tk)
+        valid = pos >= 0
+        pos = pos.clamp(min=0)
+        slots = table.gather(1, pos // self.block_size) * self.block_size + pos % self.block_size
+        slots = slots.masked_fill(~valid, 0).to(self.k.device)
+        mask = None if min(lengths) == tk else valid.to(self.k.device)
+        return slots, mask
 
-    def write(self, layer: int, seq_ids: list, k: Tensor, v: Tensor) -> None:
-        """Store k, v (B, Hkv, n_new, D): row b holds the last n_new tokens reserved for seq_ids[b]."""
-        n_new = k.shape[2]
-        slots = torch.cat([self.slots(s, self.lengths[s] - n_new, self.lengths[s]) for s in seq_ids])  # (B*n_new,)
+    def write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        """Store k, v (B, Hkv, n_new, D) at slots (B * n_new,): row b's new tokens, in order."""
         pool_k = self.k[layer].flatten(0, 1)  # (n_blocks * block_size, Hkv, D), a view of the pool
         pool_v = self.v[layer].flatten(0, 1)
         pool_k.index_copy_(0, slots, k.transpose(1, 2).flatten(0, 1))  # (B, n_new, Hkv, D) -> (B*n_new, Hkv, D)
         pool_v.index_copy_(0, slots, v.transpose(1, 2).flatten(0, 1))
 
-    def gather(self, layer: int, seq_ids: list) -> tuple[Tensor, Tensor, Tensor | None]:
-        """K, V (B, Hkv, Tk, D) of each sequence's tokens, left-padded to the longest (Tk), and the padding
-        mask (B, Tk) (None when all lengths are equal): every sequence's newest token sits in the last column,
-        where attention's bottom-right alignment puts the new queries."""
-        lengths = [self.lengths[s] for s in seq_ids]
-        tk = max(lengths)
-        slots = torch.zeros(len(seq_ids), tk, dtype=torch.long, device=self.k.device)
-        valid = torch.zeros(len(seq_ids), tk, dtype=torch.bool, device=self.k.device)
-        for row, (s, n) in enumerate(zip(seq_ids, lengths, strict=True)):
-            slots[row, tk - n:] = self.slots(s, 0, n)
-            valid[row, tk - n:] = True
+    def gather(self, layer: int, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """K, V (B, Hkv, Tk, D) read from slots (B, Tk)."""
         # A PagedAttention kernel reads each block in place through the block table; this readable version
         # copies the blocks into contiguous tensors first, one extra pass over the sequence's K/V.
         k = self.k[layer].flatten(0, 1)[slots]  # (B, Tk, Hkv, D)
         v = self.v[layer].flatten(0, 1)[slots]
-        mask = None if min(lengths) == tk else valid
-        return k.transpose(1, 2), v.transpose(1, 2), mask
+        return k.transpose(1, 2), v.transpose(1, 2)
 
     def batch(self, seq_ids: list) -> PagedBatch:
         return PagedBatch(self, seq_ids)
@@ -147,6 +147,10 @@ class PagedBatch:
         if len(set(seq_ids)) != len(seq_ids):
             raise LlmlabError(f"a sequence appears twice in one batch: {seq_ids}")
         self.cache, self.seq_ids = cache, list(seq_ids)
+        # set by reserve, once per forward, and read by every layer's update
+        self.slots: Tensor | None = None  # (B, Tk) slots of all stored tokens
+        self.new_slots: Tensor | None = None  # (B * n_new,) slots of the new tokens
+        self.mask: Tensor | None = None  # (B, Tk) padding mask, None without padding
 
     def reserve(self, batch_size: int, n_new: int, attention_mask: Tensor | None = None) -> Tensor:
         """Allocate room for n_new tokens per sequence (or OutOfBlocksError, nothing changed); positions (B, n_new)."""
@@ -156,11 +160,13 @@ class PagedBatch:
             raise LlmlabError(f"input batch size {batch_size} != {len(self.seq_ids)} sequences in the paged batch")
         starts = torch.tensor([self.cache.lengths.get(s, 0) for s in self.seq_ids], device=self.cache.k.device)
         self.cache.reserve(self.seq_ids, n_new)
+        self.slots, self.mask = self.cache.slots(self.seq_ids)
+        self.new_slots = self.slots[:, -n_new:].flatten()
         return starts[:, None] + torch.arange(n_new, device=starts.device)  # (B, n_new)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         if k.dtype != self.cache.k.dtype:
             raise LlmlabError(f"the model computes in {k.dtype} but the cache holds {self.cache.k.dtype}: build the "
                               f"cache with dtype={k.dtype}")
-        self.cache.write(layer, self.seq_ids, k, v)
-        return self.cache.gather(layer, self.seq_ids)
+        self.cache.write(layer, self.new_slots, k, v)
+        return (*self.cache.gather(layer, self.slots), self.mask)

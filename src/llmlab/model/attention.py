@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmlab.model.config import TransformerConfig
+from llmlab.model.positions import apply_rope
 
 
 def build_attention_mask(
@@ -30,7 +31,9 @@ def build_attention_mask(
     causal: key j <= query position; window w: query position - j < w (|difference| < w when not causal);
     key_padding_mask (B, Tk): True for real tokens, False for padding.
     """
-    if not causal and window is None and key_padding_mask is None:
+    if key_padding_mask is None and (window is None or k_len <= window) and (q_len == 1 or not causal):
+        # every key visible: no padding, a window wider than the keys, and causality hides nothing from a
+        # single query (the last one) or applies not at all -- a cached decode step builds no mask
         return None
     q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]  # (Tq, 1)
     k_pos = torch.arange(k_len, device=device)[None, :]  # (1, Tk)
@@ -189,8 +192,6 @@ class Attention(nn.Module):
     ) -> Tensor:
         """x (B, T, d_model) -> (B, T, d_model). With a cache (see `Transformer.forward`), this layer's new K/V
         are stored in it and the T queries attend over every key it returns; it also supplies the key padding."""
-        from llmlab.model.positions import apply_rope
-
         b, t, _ = x.shape
         # (B, T, H*D) -> (B, H, T, D)
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
