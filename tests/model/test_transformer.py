@@ -251,3 +251,33 @@ def test_attention_mask_shape_mismatch_raises_one_line():
     with pytest.raises(LlmlabError) as excinfo:
         model(ids, attention_mask=mask[:, :-1])
     assert_one_line_error(excinfo, "attention_mask", str(tuple(mask[:, :-1].shape)))
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_segment_ids_make_packed_rows_equal_separate_rows(backend):
+    """Two documents packed in one row with segment_ids and restarted positions give the logits of each document
+    run alone (block-diagonal causal attention); fp32 1e-5."""
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64,
+                                          attn_backend=backend)).eval()
+    a, b = torch.randint(0, 50, (1, 7)), torch.randint(0, 50, (1, 5))
+    packed = torch.cat([a, b], dim=1)
+    seg = torch.tensor([[1] * 7 + [2] * 5])
+    pos = torch.tensor([list(range(7)) + list(range(5))])
+    with torch.no_grad():
+        got = model(packed, position_ids=pos, segment_ids=seg)
+        torch.testing.assert_close(got[:, :7], model(a), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[:, 7:], model(b), atol=1e-5, rtol=1e-5)
+
+
+def test_segment_ids_with_flash_or_cache_are_user_errors():
+    from llmlab.errors import LlmlabError
+    from llmlab.infer.kv_cache import KVCache
+
+    cfg = TransformerConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=4, d_ff=64, attn_backend="flash")
+    x, seg = torch.randint(0, 50, (1, 6)), torch.tensor([[1, 1, 1, 2, 2, 2]])
+    with pytest.raises(LlmlabError, match="flash"):
+        Transformer(cfg)(x, segment_ids=seg)
+    sdpa = Transformer(cfg.replace(attn_backend="sdpa"))
+    with pytest.raises(LlmlabError, match="KV cache"):
+        sdpa(x, segment_ids=seg, cache=KVCache(sdpa.cfg, 1, 16))

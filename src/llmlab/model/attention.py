@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmlab.errors import LlmlabError
 from llmlab.model.config import TransformerConfig
 from llmlab.model.positions import apply_rope
 
@@ -24,14 +25,17 @@ def build_attention_mask(
     causal: bool,
     window: int | None = None,
     key_padding_mask: Tensor | None = None,
+    segment_ids: Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor | None:
     """Boolean mask, True = may attend: (B or 1, 1, Tq, Tk), or None when every key is visible.
 
     causal: key j <= query position; window w: query position - j < w (|difference| < w when not causal);
-    key_padding_mask (B, Tk): True for real tokens, False for padding.
+    key_padding_mask (B, Tk): True for real tokens, False for padding; segment_ids (B, Tk): documents packed in
+    one row, a query sees keys of its own segment only (block-diagonal attention).
     """
-    if key_padding_mask is None and (window is None or k_len <= window) and (q_len == 1 or not causal):
+    if key_padding_mask is None and segment_ids is None and (window is None or k_len <= window) \
+            and (q_len == 1 or not causal):
         # every key visible: no padding, a window wider than the keys, and causality hides nothing from a
         # single query (the last one) or applies not at all -- a cached decode step builds no mask
         return None
@@ -46,6 +50,9 @@ def build_attention_mask(
     mask = mask[None, None]  # (1, 1, Tq, Tk)
     if key_padding_mask is not None:
         mask = mask & key_padding_mask.to(device=mask.device, dtype=torch.bool)[:, None, None, :]
+    if segment_ids is not None:
+        seg = segment_ids.to(mask.device)
+        mask = mask & (seg[:, None, -q_len:, None] == seg[:, None, None, :])
     return mask
 
 
@@ -88,6 +95,7 @@ def naive_attention(
     causal: bool = False,
     window: int | None = None,
     key_padding_mask: Tensor | None = None,
+    segment_ids: Tensor | None = None,
     alibi: Tensor | None = None,
     softcap: float | None = None,
     scale: float | None = None,
@@ -105,7 +113,7 @@ def naive_attention(
     if alibi is not None:
         scores = scores + alibi_bias(alibi.to(scores.dtype), tq, tk, causal=causal)
     mask = build_attention_mask(tq, tk, causal=causal, window=window, key_padding_mask=key_padding_mask,
-                                device=q.device)
+                                segment_ids=segment_ids, device=q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
@@ -124,6 +132,7 @@ def sdpa_attention(
     causal: bool = False,
     window: int | None = None,
     key_padding_mask: Tensor | None = None,
+    segment_ids: Tensor | None = None,
     alibi: Tensor | None = None,
     softcap: float | None = None,
     scale: float | None = None,
@@ -137,9 +146,9 @@ def sdpa_attention(
     dropout_p = dropout_p if training else 0.0
     enable_gqa = q.shape[1] != k.shape[1]
     mask = build_attention_mask(tq, tk, causal=causal, window=window, key_padding_mask=key_padding_mask,
-                                device=q.device)
+                                segment_ids=segment_ids, device=q.device)
     if alibi is None and mask is not None and causal and window is None and key_padding_mask is None \
-            and tq == tk:
+            and segment_ids is None and tq == tk:
         # plain causal: let SDPA pick its causal kernel instead of reading a mask
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p,
                                               enable_gqa=enable_gqa)
@@ -186,6 +195,7 @@ class Attention(nn.Module):
         *,
         rope: tuple[Tensor, Tensor] | None = None,
         key_padding_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
         alibi: Tensor | None = None,
         cache=None,
         layer: int = 0,
@@ -206,6 +216,11 @@ class Attention(nn.Module):
         cfg = self.cfg
         kwargs = dict(causal=cfg.causal, window=cfg.sliding_window, key_padding_mask=key_padding_mask,
                       alibi=alibi, softcap=cfg.attn_softcap, dropout_p=cfg.attn_dropout, training=self.training)
+        if segment_ids is not None:
+            if cfg.attn_backend == "flash":
+                raise LlmlabError("segment_ids (packed rows) need attn_backend 'naive' or 'sdpa'; our flash kernel "
+                                  "has no segment mask")
+            kwargs["segment_ids"] = segment_ids
         if cfg.attn_backend == "flash":
             kwargs.update(block_q=cfg.flash_block_q, block_k=cfg.flash_block_k)
         out = attend(cfg.attn_backend, q, k, v, **kwargs)  # (B, H, T, D)

@@ -85,8 +85,12 @@ class Transformer(nn.Module):
         position_ids: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         cache=None,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; returns logits (B, T, vocab).
+
+        segment_ids (B, T): several documents packed in one row (SFT packing); a token attends only within its
+        own segment. Pass position_ids restarting at 0 for each segment as well.
 
         cache (decoders only): `infer.kv_cache.KVCache` or `infer.paged_cache.PagedBatch`. input_ids are then the
         T new tokens; attention_mask, if any, covers past and new tokens (B, T_past + T); positions default to
@@ -97,6 +101,10 @@ class Transformer(nn.Module):
         if input_ids.dim() != 2:
             raise LlmlabError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         b, t = input_ids.shape
+        if cache is not None and segment_ids is not None:
+            raise LlmlabError("segment_ids (packed rows) are for training passes, not for decoding with a KV cache")
+        if segment_ids is not None and segment_ids.shape != input_ids.shape:
+            raise LlmlabError(f"segment_ids {tuple(segment_ids.shape)} must match input_ids {(b, t)}")
         if cache is not None:
             if not cfg.causal:
                 raise LlmlabError(f"a KV cache needs a causal decoder, not arch={cfg.arch!r}: in an encoder, earlier "
@@ -134,9 +142,10 @@ class Transformer(nn.Module):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None:
                 # keep only block inputs; recompute activations in backward (Chen et al. 2016: O(sqrt n) memory)
                 h = checkpoint(block, h, use_reentrant=False, rope=rope, key_padding_mask=key_padding_mask,
-                               alibi=self.alibi)
+                               segment_ids=segment_ids, alibi=self.alibi)
             else:
-                h = block(h, rope=rope, key_padding_mask=key_padding_mask, alibi=self.alibi, cache=cache, layer=i)
+                h = block(h, rope=rope, key_padding_mask=key_padding_mask, segment_ids=segment_ids, alibi=self.alibi,
+                          cache=cache, layer=i)
         if self.final_norm is not None:
             h = self.final_norm(h)
         if self.head_dense is not None:

@@ -13,15 +13,13 @@ Loss (`sft_loss`): sum over trained tokens of -log p(token | prefix), divided by
 trained tokens of the whole batch, not a mean of per-example means (TRL's SFTTrainer: `per_token_loss.sum() /
 num_tokens`). tests/posttrain/test_sft.py checks it equal to `SFTTrainer.compute_loss` on the same batch and model.
 
-Packing (`pack`): several examples in one row, positions restarting at 0 for each, labels masked at each start.
-Correct boundaries need a block-diagonal causal mask (a token sees earlier tokens of its own example only), which
-`Transformer.forward` cannot express yet (it takes a key padding mask); until it takes `segment_ids`, train_sft runs
-each example in its own right-padded row, and packing=True raises an error that says so.
+Packing (`pack`): several examples in one row, positions restarting at 0 for each, labels masked at each start,
+and `segment_ids` passed to `Transformer.forward` so a token sees earlier tokens of its own example only
+(block-diagonal causal attention); tests/posttrain/test_sft.py checks packed loss == separate rows.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import random
@@ -172,23 +170,13 @@ def segment_mask(segment_ids: Tensor) -> Tensor:
     return (causal & same & (segment_ids[:, None, :] > 0))[:, None]
 
 
-def supports_segments(model: torch.nn.Module) -> bool:
-    """Does the model's forward take segment_ids (block-diagonal attention for packed rows)?"""
-    return "segment_ids" in inspect.signature(model.forward).parameters
-
-
 # ------------------------------------------------------------------------------------------------------------ loss
 def sft_loss(model: torch.nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
     """Mean next-token cross-entropy over the batch's trained tokens: logits at t score labels at t + 1.
 
     A batch with no trained token gives 0 (TRL clamps the count to 1 the same way).
     """
-    kwargs = {}
-    if "segment_ids" in batch:
-        if not supports_segments(model):
-            raise LlmlabError("a packed batch needs Transformer.forward(segment_ids=...) for block-diagonal "
-                              "attention, which this model lacks: train without packing")
-        kwargs["segment_ids"] = batch["segment_ids"]
+    kwargs = {"segment_ids": batch["segment_ids"]} if "segment_ids" in batch else {}
     logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
                    position_ids=batch.get("position_ids"), **kwargs)  # (B, T, V)
     logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:].to(logits.device)
@@ -284,9 +272,6 @@ def train_sft(model_dir: str | Path, data: str | Path | Sequence[Mapping], out_d
     start_time = time.perf_counter()
     torch.manual_seed(seed)
     model = load_model(model_dir)
-    if packing and not supports_segments(model):
-        raise LlmlabError("packing needs Transformer.forward(segment_ids=...) for block-diagonal attention, which "
-                          "this version lacks: leave packing off (each example gets its own padded row)")
     tokenizer = find_tokenizer(model_dir, model.cfg.vocab_size)
     template = load_chat_template(model_dir)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
