@@ -17,6 +17,9 @@ from llmlab.posttrain.lora import LoRALinear, apply_lora, load_adapter, merge_lo
 from llmlab.posttrain.ppo import gae, kl_penalized_rewards, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
 from llmlab.posttrain.reward import RewardModel, bradley_terry_loss, pairwise_accuracy
 from llmlab.posttrain.sft import held_out_accuracy, sft_loss, tokenize_chat, train_sft
+from llmlab.posttrain.train_dpo import train_dpo
+from llmlab.posttrain.train_grpo import train_grpo
+from llmlab.posttrain.train_reward import load_reward_model, train_reward_model
 
 __all__ = [
     "LoRALinear",
@@ -38,6 +41,7 @@ __all__ = [
     "kto_loss",
     "load_adapter",
     "load_chat_data",
+    "load_reward_model",
     "make_pref_set",
     "make_sft_set",
     "masked_mean",
@@ -54,5 +58,8 @@ __all__ = [
     "simpo_loss",
     "token_logprobs",
     "tokenize_chat",
+    "train_dpo",
+    "train_grpo",
+    "train_reward_model",
     "train_sft",
 ]
