@@ -8,7 +8,6 @@ Run: `llmlab bench attention` (options: --seq-lens, --device, --dtype, --block, 
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ def measure(backend: str, seq_len: int, batch: int, heads: int, head_dim: int, c
     """One measurement; runs inside a worker process so peak memory is its own."""
     import torch
 
+    from llmlab.memory import peak_memory
     from llmlab.model.attention import attend
 
     dt = getattr(torch, dtype)
@@ -39,22 +39,16 @@ def measure(backend: str, seq_len: int, batch: int, heads: int, head_dim: int, c
 
     step(16)  # load kernels and libraries before the memory baseline
     inputs = 3 * 2 * batch * heads * seq_len * head_dim * torch.finfo(dt).bits // 8  # q, k, v and their grads
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+    with peak_memory(device) as peak:
         step(seq_len)
-        peak = torch.cuda.max_memory_allocated() - base - inputs
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        step(seq_len)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    used = peak.bytes - inputs
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         step(seq_len)
         times.append(time.perf_counter() - t0)
     return {"backend": backend, "seq_len": seq_len, "ms": 1000 * statistics.median(times),
-            "peak_mib": max(peak, 0) / 2**20}
+            "peak_mib": max(used, 0) / 2**20}
 
 
 def main(seq_lens: list[int], batch: int = 1, heads: int = 8, head_dim: int = 64, causal: bool = True,

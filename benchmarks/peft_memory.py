@@ -4,9 +4,8 @@ Each method runs in a fresh process: build the preset model (QLoRA: every block 
 quantization), add the adapters, then two AdamW steps on a random batch. Two memory figures, labelled:
   exact   = weights (parameters + NF4 buffers) + gradients + AdamW state (2 fp32 tensors per trainable param),
             counted tensor by tensor; activations are not in it;
-  measured= CUDA: max_memory_allocated over the steps (everything, weights included);
-            CPU: peak resident-set growth over the steps above the built model (Linux VmHWM reset through
-            /proc/self/clear_refs): activations + gradients + optimizer state + allocator slack.
+  measured= the steps' peak above the built model (llmlab.memory.peak_memory): CUDA allocated bytes, or CPU
+            resident-set growth: activations + gradients + optimizer state (+ allocator slack on CPU).
 Run: `llmlab bench peft-memory` or `python benchmarks/peft_memory.py`.
 """
 
@@ -20,12 +19,6 @@ from pathlib import Path
 METHODS = ("full", "lora", "qlora")
 
 
-def _rss() -> tuple[int, int]:
-    """(current, peak) resident set in bytes, from /proc/self/status."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
-
-
 def measure(method: str, preset: str, batch: int, seq_len: int, r: int, targets: list[str], device: str) -> dict:
     """One method; runs inside a worker process so its memory is its own."""
     import ctypes
@@ -34,6 +27,7 @@ def measure(method: str, preset: str, batch: int, seq_len: int, r: int, targets:
     import torch
 
     from llmlab.compress.nf4 import quantize_model_nf4
+    from llmlab.memory import peak_memory
     from llmlab.model.presets import preset as make_preset
     from llmlab.model.transformer import Transformer
     from llmlab.posttrain.lora import apply_lora
@@ -55,19 +49,14 @@ def measure(method: str, preset: str, batch: int, seq_len: int, r: int, targets:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # give the freed fp32 weights (QLoRA) back before the baseline
     except OSError:
         pass
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    base = _rss()[0]
-    for _ in range(2):
-        logits = model(ids[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=False)  # keep the gradients allocated, as a training loop holds them at peak
-    measured = torch.cuda.max_memory_allocated() if cuda else _rss()[1] - base
+    with peak_memory(device) as peak:
+        for _ in range(2):
+            logits = model(ids[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=False)  # keep the gradients allocated, as a training loop holds them at peak
+    measured = peak.bytes
     weights = (sum(p.numel() * p.element_size() for p in model.parameters())
                + sum(b.numel() * b.element_size() for b in model.buffers()))
     n_train = sum(p.numel() for p in trainable)

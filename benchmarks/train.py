@@ -117,28 +117,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def reset_peak_rss() -> int:
-    """Reset this process's peak resident set to the current one (Linux: clear_refs 5); returns it in bytes."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _proc_status_bytes("VmRSS")
-
-
-def peak_rss() -> int:
-    """Peak resident set in bytes since the last reset (Linux VmHWM; ru_maxrss would carry the parent's over)."""
-    return _proc_status_bytes("VmHWM")
-
-
-def _proc_status_bytes(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
-    raise RuntimeError(f"{key} not in /proc/self/status: CPU peak memory needs Linux")
-
-
 def peak_memory(who: str, preset: str, style: str, vocab_size: int, batch_size: int, seq_len: int, dtype: str,
                 device: str, compile: bool) -> dict:
     """Memory of one step in this (fresh) process, above the weights and optimizer state."""
     import torch
+
+    from llmlab.memory import peak_memory as measure_peak
 
     model, optimizer = build(who, preset, style, vocab_size, device)
     step = make_step(who, model, optimizer, dtype, device, compile)
@@ -148,17 +132,9 @@ def peak_memory(who: str, preset: str, style: str, vocab_size: int, batch_size: 
     small = not compile and not device.startswith("cuda")
     train_step(step, x[:1, :16] if small else x)
     sync(device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+    with measure_peak(device) as peak:
         train_step(step, x)
-        sync(device)
-        grown = torch.cuda.max_memory_allocated(device) - base
-    else:
-        base = reset_peak_rss()
-        train_step(step, x)
-        grown = peak_rss() - base
-    return {"who": who, "peak_mib": max(grown, 0) / 2**20}
+    return {"who": who, "peak_mib": peak.mib}
 
 
 def main(preset: str = "tiny", style: str | None = None, vocab_size: int = 4096, batch_size: int = 8,
