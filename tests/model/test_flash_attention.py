@@ -12,24 +12,15 @@ import torch
 import llmlab.model.flash_attention as fa
 from llmlab.model.attention import alibi_slopes, attend, build_attention_mask, naive_attention, sdpa_attention
 from llmlab.model.flash_attention import flash_attention, visible_tiles
+from tests.model import attention_helpers
 
-FP64 = {"atol": 1e-10, "rtol": 1e-10}
+FP64 = attention_helpers.FP64
+out_and_grads = attention_helpers.out_and_grads
 
 
 def make_qkv(b=2, h=4, hkv=4, tq=37, tk=37, d=8, dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, h, tq, d, generator=gen, dtype=torch.float64)
-    k = torch.randn(b, hkv, tk, d, generator=gen, dtype=torch.float64)
-    v = torch.randn(b, hkv, tk, d, generator=gen, dtype=torch.float64)
-    return [x.to(dtype).requires_grad_() for x in (q, k, v)]
-
-
-def out_and_grads(fn, q, k, v, **kwargs):
-    """(out, dq, dk, dv) for a fixed upstream gradient, so every output element is weighted differently."""
-    out = fn(q, k, v, **kwargs)
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    grads = torch.autograd.grad(out, (q, k, v), grad_out.to(out.dtype))
-    return (out, *grads)
+    """Longer default sequences than the attention tests: several tiles per row."""
+    return attention_helpers.make_qkv(b, h, hkv, tq, tk, d, dtype, seed)
 
 
 def padding(b, tk, lengths):
