@@ -15,6 +15,9 @@ the end: ours preallocates prompt + new tokens (`KVCache.memory_bytes`); HF's Dy
 Speculative: `prompt_lookup_generate` vs plain `generate` on a repetitive prompt (a passage of prompt_len / 2 random
 tokens given twice), interleaved and timed the same way; acceptance = accepted / proposed drafts. With random weights
 the model does not copy the passage, so the figure says how often its own (often looping) greedy text repeats.
+compile=True adds a third contender, ours with `generate(compile=True)` (each decode step one torch.compile'd
+graph), timed in the same alternation; its first run (the compilation) is reported as compile_s, and its greedy
+tokens are checked equal to eager ours.
 Run: `llmlab bench generate` (options: --preset, --prompt-len, --new-tokens, --repeats, --threads, --device, --dtype,
 --save).
 """
@@ -72,14 +75,14 @@ def hf_config(new_tokens: int, **more):
                             pad_token_id=0, **more)
 
 
-def run_ours(model, ids, new_tokens: int) -> tuple[list[float], list[int]]:
+def run_ours(model, ids, new_tokens: int, compile: bool = False) -> tuple[list[float], list[int]]:
     """(token times, tokens): the start time, then the time each new token was yielded."""
     from llmlab.infer.generate import stream
     from llmlab.infer.sampling import SamplingParams
 
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
     times, tokens = [time.perf_counter()], []
-    for step in stream(model, ids, params):
+    for step in stream(model, ids, params, compile=compile):
         times.append(time.perf_counter())
         tokens.append(int(step.tokens[0]))
     return times, tokens
@@ -113,7 +116,7 @@ def hf_cache_bytes(model, ids, new_tokens: int) -> int:
 
 def main(preset: str = "small", prompt_len: int = 64, new_tokens: int = 128, repeats: int = 3, threads: int = 2,
          device: str = "cpu", dtype: str = "float32", save: Path | None = None, vocab_size: int = VOCAB,
-         seed: int = 0) -> dict:
+         seed: int = 0, compile: bool = False) -> dict:
     """`save`: a JSON file of runs; a run with the same settings already in it is replaced, others are kept."""
     import torch
     import transformers
@@ -148,12 +151,19 @@ def main(preset: str = "small", prompt_len: int = 64, new_tokens: int = 128, rep
         raise RuntimeError(f"ours and HF disagree on the first {CHECK_TOKENS} greedy tokens: not the same model")
 
     runs = {"ours": (run_ours, ours), "hf": (run_hf, hf)}
+    compiled = {}
+    if compile:
+        runs["ours_compiled"] = (lambda model, ids, n: run_ours(model, ids, n, compile=True), ours)
+        t0 = time.perf_counter()
+        tokens = runs["ours_compiled"][0](ours, ids, CHECK_TOKENS)[1]  # compiles the decode step
+        compiled = {"compile_s": time.perf_counter() - t0,
+                    "same_tokens_as_eager": tokens == run_ours(ours, ids, CHECK_TOKENS)[1]}
     measured: dict[str, list[tuple[float, float]]] = {who: [] for who in runs}
     for fn, model in runs.values():
         fn(model, ids, new_tokens)  # warm-up
     with console.status(f"timing {preset}"):
         for r in range(repeats):
-            for who in ("ours", "hf") if r % 2 == 0 else ("hf", "ours"):
+            for who in list(runs) if r % 2 == 0 else list(runs)[::-1]:
                 fn, model = runs[who]
                 times, tokens = fn(model, ids, new_tokens)
                 assert len(tokens) == new_tokens, f"{who} generated {len(tokens)} tokens, not {new_tokens}"
@@ -166,6 +176,9 @@ def main(preset: str = "small", prompt_len: int = 64, new_tokens: int = 128, rep
                      "runs_decode_tokens_per_s": [v[1] for v in values]}
     ratio = {"decode_tokens_per_s": rows["ours"]["decode_tokens_per_s"] / rows["hf"]["decode_tokens_per_s"],
              "ttft": rows["hf"]["ttft_ms"] / rows["ours"]["ttft_ms"]}
+    if compile:
+        ratio["compiled_decode_tokens_per_s"] = (rows["ours_compiled"]["decode_tokens_per_s"]
+                                                 / rows["hf"]["decode_tokens_per_s"])
 
     # KV cache: per token from the config, and what each run held at its end
     per_token = bytes_per_token(cfg, torch_dtype)
@@ -201,10 +214,18 @@ def main(preset: str = "small", prompt_len: int = 64, new_tokens: int = 128, rep
         table.add_column(col, justify="right")
     table.add_row("ours", f"{rows['ours']['decode_tokens_per_s']:.1f}", f"{rows['ours']['ttft_ms']:.1f}",
                   f"{cache['ours_bytes'] / 2**20:.2f} MiB ({cache['ours_tokens']} slots)")
+    if compile:
+        table.add_row("ours, compile=True", f"{rows['ours_compiled']['decode_tokens_per_s']:.1f}",
+                      f"{rows['ours_compiled']['ttft_ms']:.1f}", "same cache as ours")
     table.add_row("HF generate", f"{rows['hf']['decode_tokens_per_s']:.1f}", f"{rows['hf']['ttft_ms']:.1f}",
                   f"{cache['hf_bytes'] / 2**20:.2f} MiB ({cache['hf_tokens']} tokens)")
     table.add_row("speed, ours / HF", f"{ratio['decode_tokens_per_s']:.2f}x", f"{ratio['ttft']:.2f}x", "")
+    if compile:
+        table.add_row("speed, compiled / HF", f"{ratio['compiled_decode_tokens_per_s']:.2f}x", "", "")
     console.print(table)
+    if compile:
+        console.print(f"compile=True: first run (compilation) {compiled['compile_s']:.1f} s; greedy tokens equal to "
+                      f"eager ours: {'yes' if compiled['same_tokens_as_eager'] else 'NO'}")
     console.print(f"KV cache: {per_token} bytes/token ({per_token / 1024:.1f} KiB: 2 x {cfg.n_layers} layers x "
                   f"{cfg.n_kv_heads} kv heads x {cfg.head_dim} x {torch_dtype.itemsize} B); greedy tokens equal "
                   f"to HF's: {'yes' if same else 'NO'}")
@@ -215,17 +236,20 @@ def main(preset: str = "small", prompt_len: int = 64, new_tokens: int = 128, rep
                   f"{'yes' if speculative['same_tokens'] else 'NO'}")
 
     config = dict(preset=preset, vocab_size=vocab_size, prompt_len=prompt_len, new_tokens=new_tokens,
-                  repeats=repeats, threads=threads, device=dev.type, dtype=dtype, seed=seed)
+                  repeats=repeats, threads=threads, device=dev.type, dtype=dtype, seed=seed, compile=compile)
     run = {"config": config, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "params": ours.num_parameters(),
            "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "load_avg_1min": os.getloadavg()[0],
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
            "same_greedy_tokens": same, "ours": rows["ours"], "hf": rows["hf"], "ratio_ours_over_hf": ratio,
            "kv_cache": cache, "prompt_lookup": speculative}
+    if compile:
+        run["ours_compiled"] = {**rows["ours_compiled"], **compiled}
     if save is not None:
         save = Path(save)
         save.parent.mkdir(parents=True, exist_ok=True)
         saved = json.loads(save.read_text())["runs"] if save.exists() else []
-        same_settings = {k: v for k, v in config.items() if k != "repeats"}
+        # a compile=True run times eager ours as well, so it replaces a run without it
+        same_settings = {k: v for k, v in config.items() if k not in ("repeats", "compile")}
         saved = [r for r in saved if {k: r["config"].get(k) for k in same_settings} != same_settings] + [run]
         save.write_text(json.dumps({"runs": saved}, indent=2) + "\n")
         console.print(f"saved {save}")

@@ -121,10 +121,11 @@ def generate(
     threads: int = typer.Option(1, min=1, help="CPU threads for both (1 is steadier on a shared machine)."),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     dtype: str = typer.Option("float32", help="float32 or bfloat16"),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="Also time generate(compile=True)."),
     save: Path = typer.Option(None, help="Add the run to this JSON file (e.g. benchmarks/results/generate-cpu.json)."),
 ) -> None:
     load_benchmark("generate").main(preset=preset, prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats,
-                                    threads=threads, device=device, dtype=dtype, save=save)
+                                    threads=threads, device=device, dtype=dtype, compile=compile, save=save)
 
 
 @app.command("serve", help="llmlab serve under concurrent streaming clients on 127.0.0.1: tok/s, TTFT and latency "
