@@ -9,7 +9,8 @@ from functools import cache
 from llmlab.drills.grader import Drill
 from llmlab.errors import LlmlabError
 
-AREAS = ("basics", "attention", "positions", "sampling", "inference", "training", "tokenizer", "efficiency")
+AREAS = ("basics", "attention", "positions", "sampling", "inference", "training", "tokenizer", "efficiency",
+         "posttrain", "eval", "serve")
 
 
 @cache
