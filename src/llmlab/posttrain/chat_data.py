@@ -21,7 +21,7 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -413,3 +413,19 @@ def load_chat_data(source: str | Path, kind: Literal["sft", "prefs"] = "sft", sp
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
         raise LlmlabError(f"cannot load dataset {source!r} (split {split_name!r}): {e}") from None
     return _collect(((f"{source}[{split_name}][{i}]", row) for i, row in enumerate(ds)), kind, on_error)
+
+
+def records(data: str | Path | Sequence[Mapping], kind: str, split_name: str = "train", on_error: str = "raise"
+            ) -> Loaded:
+    """`kind` ("sft" or "prefs") records from a JSONL file / set directory / HF dataset, or a list taken as-is."""
+    if isinstance(data, str | Path):
+        return load_chat_data(data, kind, split_name, on_error)
+    return Loaded([dict(d) for d in data])
+
+
+def train_and_val(data, val_data, kind: str, on_error: str = "raise") -> tuple[Loaded, Loaded]:
+    """Training records and held-out ones: `val_data`, else DATA/val.jsonl when DATA is a set directory."""
+    if val_data is None and isinstance(data, str | Path) and (Path(data) / "val.jsonl").is_file():
+        val_data = Path(data) / "val.jsonl"
+    val = records(val_data, kind, "val", on_error) if val_data is not None else Loaded([])
+    return records(data, kind, "train", on_error), val

@@ -36,7 +36,8 @@ from torch import Tensor
 from llmlab.errors import ConfigError, LlmlabError
 from llmlab.infer.chat_template import END_OF_TURN, ChatTemplate, load_chat_template
 from llmlab.model.transformer import Transformer
-from llmlab.posttrain.chat_data import GRADED, Loaded, grade, load_chat_data
+from llmlab.posttrain.chat_data import GRADED, grade, train_and_val
+from llmlab.train.loop import resolve_device
 
 IGNORE = -100  # label of a token that is not trained (torch / HF ignore_index)
 
@@ -226,12 +227,6 @@ class SFTResult:
         return asdict(self)
 
 
-def _examples(data: str | Path | Sequence[Mapping], split_name: str, on_error: str) -> Loaded:
-    if isinstance(data, str | Path):
-        return load_chat_data(data, "sft", split_name, on_error)
-    return Loaded([dict(d) for d in data])
-
-
 def _tokenize_all(examples: Sequence[Mapping], tokenizer, template: ChatTemplate, max_len: int
                   ) -> tuple[list[tuple[list[int], list[int]]], int]:
     """(rows with at least one trained token, how many examples truncation left with none)."""
@@ -240,10 +235,27 @@ def _tokenize_all(examples: Sequence[Mapping], tokenizer, template: ChatTemplate
     return kept, len(rows) - len(kept)
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+@dataclass
+class ChatModel:
+    """A model directory opened for post-training: the model and what its chats are tokenized with."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    template: ChatTemplate
+    pad_id: int
+    max_len: int  # sequences are cut to this (the model's context at most)
+
+
+def load_chat_model(model_dir: str | Path, max_len: int | None = None) -> ChatModel:
+    """Model, tokenizer (found beside it), chat template, pad id and the length cap: every trainer's first step."""
+    from llmlab.model.io import load_model
+    from llmlab.tokenizer import find_tokenizer
+
+    model = load_model(model_dir)
+    tokenizer = find_tokenizer(model_dir, model.cfg.vocab_size)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+    return ChatModel(model, tokenizer, load_chat_template(model_dir), pad_id,
+                     min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len))
 
 
 def train_sft(model_dir: str | Path, data: str | Path | Sequence[Mapping], out_dir: str | Path, *, steps: int = 200,
@@ -261,9 +273,8 @@ def train_sft(model_dir: str | Path, data: str | Path | Sequence[Mapping], out_d
     AdamW (betas 0.9, 0.95), linear warmup then cosine decay to lr/10, gradient clipping at grad_clip.
     accuracy_examples > 0 also greedy-decodes that many graded validation examples before and after.
     """
-    from llmlab.model.io import load_model, save_model
+    from llmlab.model.io import save_model
     from llmlab.posttrain.lora import apply_lora, merge_lora
-    from llmlab.tokenizer import find_tokenizer
     from llmlab.train.optim import AdamW, clip_grad_norm_, param_groups_for_weight_decay
     from llmlab.train.schedules import lr_at, set_lr
 
@@ -271,22 +282,16 @@ def train_sft(model_dir: str | Path, data: str | Path | Sequence[Mapping], out_d
         raise ConfigError(f"steps={steps} and batch_size={batch_size} must be >= 1")
     start_time = time.perf_counter()
     torch.manual_seed(seed)
-    model = load_model(model_dir)
-    tokenizer = find_tokenizer(model_dir, model.cfg.vocab_size)
-    template = load_chat_template(model_dir)
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
-    max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+    cm = load_chat_model(model_dir, max_len)
+    model, tokenizer, template, pad_id, max_len = cm.model, cm.tokenizer, cm.template, cm.pad_id, cm.max_len
 
-    train = _examples(data, "train", on_error)
-    if val_data is None and isinstance(data, str | Path) and (Path(data) / "val.jsonl").is_file():
-        val_data = Path(data) / "val.jsonl"
-    val = _examples(val_data, "val", on_error) if val_data is not None else Loaded([])
+    train, val = train_and_val(data, val_data, "sft", on_error)
     train_rows, dropped = _tokenize_all(train.examples, tokenizer, template, max_len)
     val_rows, _ = _tokenize_all(val.examples, tokenizer, template, max_len)
     if not train_rows:
         raise LlmlabError(f"no training example has an assistant token within max_len={max_len}")
 
-    dev = _device(device)
+    dev = resolve_device(device)
     model.to(dev)
     graded = [ex for ex in val.examples if ex.get("meta", {}).get("task") in GRADED][:accuracy_examples]
     acc_before = _accuracy(model, tokenizer, template, graded, max_new_tokens) if graded else None
@@ -382,7 +387,7 @@ def held_out_accuracy(model_dir: str | Path, examples: Sequence[Mapping], max_ne
     from llmlab.model.io import load_model
     from llmlab.tokenizer import find_tokenizer
 
-    model = load_model(model_dir).to(_device(device))
+    model = load_model(model_dir).to(resolve_device(device))
     tokenizer = find_tokenizer(model_dir, model.cfg.vocab_size)
     graded = [ex for ex in examples if ex.get("meta", {}).get("task") in GRADED]
     return _accuracy(model, tokenizer, load_chat_template(model_dir), graded, max_new_tokens)

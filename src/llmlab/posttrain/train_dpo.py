@@ -21,10 +21,11 @@ from torch import Tensor
 
 from llmlab.errors import ConfigError, LlmlabError
 from llmlab.infer.chat_template import ChatTemplate
-from llmlab.posttrain.chat_data import Loaded, load_chat_data
+from llmlab.posttrain.chat_data import train_and_val
 from llmlab.posttrain.dpo import dpo_loss, hinge_loss, ipo_loss, robust_dpo_loss, simpo_loss
 from llmlab.posttrain.logprobs import sequence_logprobs
-from llmlab.posttrain.sft import IGNORE, tokenize_chat
+from llmlab.posttrain.sft import IGNORE, load_chat_model, tokenize_chat
+from llmlab.train.loop import resolve_device
 
 LOSSES = ("sigmoid", "robust", "hinge", "ipo", "simpo")  # sigmoid = DPO (cDPO with label_smoothing > 0)
 
@@ -32,13 +33,6 @@ Row = tuple[list[int], list[int]]  # (input_ids, completion mask) of one side of
 
 
 # ------------------------------------------------------------------------------------------------------------ data
-def pref_examples(data: str | Path | Sequence[Mapping], split_name: str = "train", on_error: str = "raise") -> Loaded:
-    """Preference pairs from a prefs JSONL / set directory / HF dataset, or a list of records as-is."""
-    if isinstance(data, str | Path):
-        return load_chat_data(data, "prefs", split_name, on_error)
-    return Loaded([dict(d) for d in data])
-
-
 def encode_pair(pair: Mapping, tokenizer, template: ChatTemplate | None = None, max_len: int | None = None
                 ) -> tuple[Row, Row]:
     """(chosen, rejected): prompt + that side tokenized as one chat; the mask marks the side's trained tokens
@@ -153,10 +147,7 @@ def train_dpo(policy_dir: str | Path, pref_data: str | Path | Sequence[Mapping],
               on_error: str = "raise", device: str = "cpu", log=None) -> DPOResult:
     """Train POLICY (run dir or HF dir) on preference pairs with a DPO-family `loss`; write OUT (the model,
     tokenizer/, dpo_metrics.json) and return the metrics. Validation pairs: val_data, else the set's val.jsonl."""
-    from llmlab.infer.chat_template import load_chat_template
-    from llmlab.model.io import load_model, save_model
-    from llmlab.posttrain.sft import _device
-    from llmlab.tokenizer import find_tokenizer
+    from llmlab.model.io import save_model
     from llmlab.train.optim import AdamW, clip_grad_norm_
 
     if loss not in LOSSES:
@@ -165,17 +156,11 @@ def train_dpo(policy_dir: str | Path, pref_data: str | Path | Sequence[Mapping],
         raise ConfigError(f"steps={steps} and batch_size={batch_size} must be >= 1")
     start = time.perf_counter()
     torch.manual_seed(seed)
-    dev = _device(device)
-    policy = load_model(policy_dir).to(dev)
-    tokenizer = find_tokenizer(policy_dir, policy.cfg.vocab_size)
-    template = load_chat_template(policy_dir)
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
-    max_len = min(max_len or policy.cfg.max_seq_len, policy.cfg.max_seq_len)
+    dev = resolve_device(device)
+    cm = load_chat_model(policy_dir, max_len)
+    policy, tokenizer, template, pad_id, max_len = cm.model.to(dev), cm.tokenizer, cm.template, cm.pad_id, cm.max_len
 
-    train = pref_examples(pref_data, "train", on_error)
-    if val_data is None and isinstance(pref_data, str | Path) and (Path(pref_data) / "val.jsonl").is_file():
-        val_data = Path(pref_data) / "val.jsonl"
-    val = pref_examples(val_data, "val", on_error) if val_data is not None else Loaded([])
+    train, val = train_and_val(pref_data, val_data, "prefs", on_error)
     train_pairs = [encode_pair(p, tokenizer, template, max_len) for p in train.examples]
     val_pairs = [encode_pair(p, tokenizer, template, max_len) for p in val.examples]
     if not train_pairs:

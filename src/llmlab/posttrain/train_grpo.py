@@ -27,6 +27,8 @@ from llmlab.infer.chat_template import END_OF_TURN, ChatTemplate
 from llmlab.posttrain.chat_data import GRADED, grade, load_chat_data
 from llmlab.posttrain.grpo import group_advantages, grpo_loss, k3_kl
 from llmlab.posttrain.logprobs import completion_logprobs
+from llmlab.posttrain.sft import load_chat_model
+from llmlab.train.loop import resolve_device
 
 RewardFn = Callable[[Mapping, str], float]
 
@@ -135,10 +137,7 @@ def train_grpo(policy_dir: str | Path, tasks: str | Path | Sequence[Mapping], ou
                log=None) -> GRPOResult:
     """Train POLICY (run dir or HF dir) with GRPO on graded `tasks` (an SFT set / messages JSONL with meta, or a
     list of records); write OUT (the model, tokenizer/, grpo_metrics.json, reward_curve.png)."""
-    from llmlab.infer.chat_template import load_chat_template
-    from llmlab.model.io import load_model, save_model
-    from llmlab.posttrain.sft import _device
-    from llmlab.tokenizer import find_tokenizer
+    from llmlab.model.io import save_model
     from llmlab.train.optim import AdamW, clip_grad_norm_
 
     if group_size < 2:
@@ -148,10 +147,9 @@ def train_grpo(policy_dir: str | Path, tasks: str | Path | Sequence[Mapping], ou
                           "must be >= 1")
     start = time.perf_counter()
     torch.manual_seed(seed)
-    dev = _device(device)
-    policy = load_model(policy_dir).to(dev)
-    tokenizer = find_tokenizer(policy_dir, policy.cfg.vocab_size)
-    template = load_chat_template(policy_dir)
+    dev = resolve_device(device)
+    cm = load_chat_model(policy_dir)
+    policy, tokenizer, template = cm.model.to(dev), cm.tokenizer, cm.template
     records = load_chat_data(tasks, "sft").examples if isinstance(tasks, str | Path) else [dict(t) for t in tasks]
     examples = [ex for ex in records if ex.get("meta", {}).get("task") in GRADED] if reward_fn is None else records
     if not examples:

@@ -19,9 +19,11 @@ from safetensors.torch import load_file, save_file
 
 from llmlab.errors import ConfigError, LlmlabError
 from llmlab.model.config import TransformerConfig
-from llmlab.posttrain.chat_data import Loaded
+from llmlab.posttrain.chat_data import train_and_val
 from llmlab.posttrain.reward import RewardModel, bradley_terry_loss, pairwise_accuracy
-from llmlab.posttrain.train_dpo import Row, encode_pair, pair_batch, pref_examples
+from llmlab.posttrain.sft import load_chat_model
+from llmlab.posttrain.train_dpo import Row, encode_pair, pair_batch
+from llmlab.train.loop import resolve_device
 
 WEIGHTS = "reward_model.safetensors"
 CONFIG = "reward_model_config.json"
@@ -92,28 +94,18 @@ def train_reward_model(base_dir: str | Path, pref_data: str | Path | Sequence[Ma
                        log=None) -> RewardResult:
     """Train a reward model from BASE (run dir or HF dir) on preference pairs; write OUT (reward weights, config,
     tokenizer/, reward_metrics.json) and return held-out pairwise accuracy before/after."""
-    from llmlab.infer.chat_template import load_chat_template
-    from llmlab.model.io import load_model
-    from llmlab.posttrain.sft import _device
-    from llmlab.tokenizer import find_tokenizer
     from llmlab.train.optim import AdamW, clip_grad_norm_
 
     if steps < 1 or batch_size < 1:
         raise ConfigError(f"steps={steps} and batch_size={batch_size} must be >= 1")
     start = time.perf_counter()
     torch.manual_seed(seed)
-    lm = load_model(base_dir)
-    tokenizer = find_tokenizer(base_dir, lm.cfg.vocab_size)
-    template = load_chat_template(base_dir)
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
-    max_len = min(max_len or lm.cfg.max_seq_len, lm.cfg.max_seq_len)
-    rm = RewardModel.from_lm(lm).to(_device(device))
-    del lm
+    cm = load_chat_model(base_dir, max_len)
+    tokenizer, template, pad_id, max_len = cm.tokenizer, cm.template, cm.pad_id, cm.max_len
+    rm = RewardModel.from_lm(cm.model).to(resolve_device(device))
+    del cm
 
-    train = pref_examples(pref_data, "train", on_error)
-    if val_data is None and isinstance(pref_data, str | Path) and (Path(pref_data) / "val.jsonl").is_file():
-        val_data = Path(pref_data) / "val.jsonl"
-    val = pref_examples(val_data, "val", on_error) if val_data is not None else Loaded([])
+    train, val = train_and_val(pref_data, val_data, "prefs", on_error)
     train_pairs = [encode_pair(p, tokenizer, template, max_len) for p in train.examples]
     val_pairs = [encode_pair(p, tokenizer, template, max_len) for p in val.examples]
     if not train_pairs:
