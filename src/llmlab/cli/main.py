@@ -22,6 +22,7 @@ from llmlab.cli import (
     tokenizer_cmds,
 )
 from llmlab.errors import LlmlabError
+from llmlab.train import distributed
 
 app = typer.Typer(help="llmlab: LLM techniques from scratch, proven equal to the references.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -67,5 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if distributed.launched():  # a torchrun worker: see exit_worker for why it skips the normal exit
+        distributed.exit_worker(code)
+    sys.exit(code)
 
