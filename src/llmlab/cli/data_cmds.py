@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from llmlab.cli.judge_cmds import judge
 from llmlab.cli.posttrain_cmds import data_prefs, data_sft
 from llmlab.errors import LlmlabError
 
@@ -79,3 +80,5 @@ def prepare(
 
 app.command("sft", help="Write a generated chat SFT set with checkable answers (train/val JSONL + manifest).")(data_sft)
 app.command("prefs", help="Write a generated preference set: right answer vs a plausible corruption.")(data_prefs)
+app.command("judge", help="Label preference pairs with an AI judge behind an OpenAI-compatible endpoint (RLAIF): "
+            "DPO pairs JSONL + summary.")(judge)

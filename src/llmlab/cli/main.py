@@ -37,6 +37,14 @@ app.command("chat", help="Chat with MODEL in the terminal, with its chat templat
 app.command("serve", help="Serve MODEL: an OpenAI-compatible API (/v1) and a chat page (/).")(serve_cmds.serve)
 app.command("sft", help="Fine-tune MODEL on chat data, loss on assistant tokens only; --lora for adapters.")(
     posttrain_cmds.sft)
+app.command("reward", help="Train a reward model on preference pairs: MODEL + a scalar head, Bradley-Terry loss.")(
+    posttrain_cmds.reward)
+app.command("dpo", help="Preference-tune MODEL on pairs (DPO, IPO, SimPO, ...) against its frozen copy.")(
+    posttrain_cmds.dpo)
+app.command("grpo", help="GRPO on tasks with checkable answers: group-normalized rewards, k3 KL to the start.")(
+    posttrain_cmds.grpo)
+app.command("ppo", help="RLHF with PPO: value model, per-token KL to the SFT start, GAE; task or --reward-model.")(
+    posttrain_cmds.ppo)
 app.command("export", help="Export MODEL (llmlab run dir or HF dir) to another format.")(model_cmds.export)
 app.command("info", help="Show a model's config, parameters and FLOPs (llmlab run dir or HF dir).")(
     model_cmds.info)

@@ -1,4 +1,5 @@
-"""`llmlab sft` and `llmlab data sft` / `llmlab data prefs`: parse options, call llmlab.posttrain, print the result."""
+"""`llmlab sft`, `reward`, `dpo`, `grpo`, `ppo` and `llmlab data sft` / `llmlab data prefs`: parse options, call
+llmlab.posttrain, print the result."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from llmlab.errors import ConfigError, LlmlabError
 
 console = Console()
 chat_data_app = typer.Typer(no_args_is_help=True)
@@ -96,3 +99,237 @@ def sft(
     console.print(t)
     for line in r.skipped_reasons[:5]:
         console.print(f"skipped {line}", style="yellow", markup=False, highlight=False)
+
+
+# ------------------------------------------------------------------------------------ preference and RL stages
+_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
+
+
+def _source(text: str | None, flag: str) -> str | None:
+    """A data argument as given; one that names a local file or folder that is not there is an error here, before any
+    model loads (otherwise it would be tried as an HF dataset name)."""
+    if text is not None and not Path(text).exists() and (text.endswith(_FILE_SUFFIXES) or text.startswith((".", "/"))):
+        raise LlmlabError(f"{flag} {text}: no such file or directory")
+    return text
+
+
+def _table(title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    return t
+
+
+def _first_last(values: list[float], fmt: str = "{:.3f}") -> tuple[str, str]:
+    """(which steps, 'start -> end'): a noisy per-step curve read at both ends, as the means of its first and last
+    tenth of the steps."""
+    k = max(1, len(values) // 10)
+    when = "first -> last step" if k == 1 else f"mean of first {k} -> last {k} steps"
+    return when, f"{fmt.format(sum(values[:k]) / k)} -> {fmt.format(sum(values[-k:]) / k)}"
+
+
+def _held_out(model: str, data: str, val: str | None, n: int) -> dict | None:
+    """Greedy accuracy of MODEL on the first n graded held-out examples (--val, else DATA/val.jsonl), or None."""
+    from llmlab.posttrain.chat_data import train_and_val
+    from llmlab.posttrain.sft import held_out_accuracy
+
+    if n <= 0:
+        return None
+    _, held_out = train_and_val(data, val, "sft")
+    if not held_out.examples:
+        raise LlmlabError(f"--accuracy {n} needs held-out examples: pass --val, or a set dir with val.jsonl as --data")
+    return held_out_accuracy(model, held_out.examples[:n])
+
+
+def _accuracy_row(t: Table, before: dict | None, after: dict | None) -> None:
+    if before is not None and after is not None:
+        t.add_row(f"held-out greedy accuracy, {after['n']} graded (before -> after)",
+                  f"{before['accuracy']:.1%} -> {after['accuracy']:.1%}")
+
+
+def reward(
+    model: str = typer.Argument(..., help="MODEL: the base, an llmlab run dir or an HF checkpoint dir (usually the SFT "
+                                "model); its LM head is replaced by a fresh scalar head."),
+    data: str = typer.Option(..., "--data", help="Preference pairs: prompt/chosen/rejected JSONL, a set dir from "
+                             "`llmlab data prefs` (its val.jsonl is the validation set), or an HF dataset."),
+    out: str = typer.Option(..., "--out", help="Directory to write (reward_model.safetensors, tokenizer/, "
+                            "reward_metrics.json)."),
+    val: str = typer.Option(None, "--val", help="Validation pairs, same forms as --data."),
+    steps: int = typer.Option(100, "--steps", help="Optimizer steps."),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (AdamW, constant)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Pairs per step."),
+    max_len: int = typer.Option(None, "--max-len", help="Tokens kept per side [the model's max_seq_len]."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip invalid records instead of stopping."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the head's init and the batch order."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto."),
+) -> None:
+    from llmlab.posttrain.train_reward import train_reward_model
+
+    r = train_reward_model(model, _source(data, "--data"), out, steps=steps, lr=lr, batch_size=batch_size,
+                           val_data=_source(val, "--val"), max_len=max_len, seed=seed,
+                           on_error="skip" if skip_bad else "raise", device=device)
+    t = _table(f"llmlab reward -> {r.out_dir}")
+    t.add_row("pairs train / val", f"{r.train_pairs:,} / {r.val_pairs:,}")
+    when, span = _first_last(r.losses, "{:.4f}")
+    t.add_row(f"Bradley-Terry loss ({when})", span)
+    if r.val_after:
+        t.add_row("held-out pairwise accuracy (before -> after)",
+                  f"{r.val_before['accuracy']:.1%} -> {r.val_after['accuracy']:.1%}")
+        t.add_row("held-out reward margin chosen - rejected (before -> after)",
+                  f"{r.val_before['margin']:+.3f} -> {r.val_after['margin']:+.3f}")
+    t.add_row("time", f"{r.seconds:.1f} s")
+    t.add_row("use with", f"llmlab ppo MODEL --reward-model {r.out_dir} ...")
+    console.print(t)
+
+
+def dpo(
+    model: str = typer.Argument(..., help="MODEL: the policy to train, an llmlab run dir or an HF checkpoint dir "
+                                "(usually the SFT model); a frozen copy is the reference."),
+    data: str = typer.Option(..., "--data", help="Preference pairs: prompt/chosen/rejected JSONL, a set dir from "
+                             "`llmlab data prefs` (its val.jsonl is the validation set), or an HF dataset."),
+    out: str = typer.Option(..., "--out", help="Run directory to write (model, tokenizer/, dpo_metrics.json)."),
+    val: str = typer.Option(None, "--val", help="Validation pairs, same forms as --data."),
+    loss: str = typer.Option("dpo", "--loss", help="dpo (= sigmoid), or another loss of llmlab.posttrain.train_dpo "
+                             "(robust, hinge, ipo, simpo, ...)."),
+    beta: float = typer.Option(0.1, "--beta", help="beta: the implicit reward's scale (the KL strength)."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Share of flipped labels assumed (cDPO, "
+                                          "robust DPO, SimPO)."),
+    simpo_gamma: float = typer.Option(0.5, "--simpo-gamma", help="SimPO's target reward margin gamma."),
+    steps: int = typer.Option(100, "--steps", help="Optimizer steps."),
+    lr: float = typer.Option(5e-4, "--lr", help="Learning rate (AdamW, constant)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per step."),
+    max_len: int = typer.Option(None, "--max-len", help="Tokens kept per side [the model's max_seq_len]."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip invalid records instead of stopping."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the batch order."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto."),
+) -> None:
+    from llmlab.posttrain.train_dpo import LOSSES, train_dpo
+
+    names = {"dpo": "sigmoid", **{name: name for name in LOSSES}}
+    if loss not in names:
+        raise ConfigError(f"--loss {loss!r} must be one of {', '.join(names)}")
+    r = train_dpo(model, _source(data, "--data"), out, beta=beta, loss=names[loss], steps=steps, lr=lr,
+                  batch_size=batch_size, val_data=_source(val, "--val"), label_smoothing=label_smoothing,
+                  simpo_gamma=simpo_gamma, max_len=max_len, seed=seed, on_error="skip" if skip_bad else "raise",
+                  device=device)
+    t = _table(f"llmlab dpo --loss {loss} -> {r.out_dir}")
+    t.add_row("pairs train / val", f"{r.train_pairs:,} / {r.val_pairs:,}")
+    t.add_row("reference forward passes (log-probs cached once)", f"{r.reference_forward_calls:,}")
+    when, span = _first_last(r.losses, "{:.4f}")
+    t.add_row(f"loss ({when})", span)
+    if r.val_after:
+        b, a = r.val_before, r.val_after
+        t.add_row("held-out implicit reward chosen / rejected (after)",
+                  f"{a['reward_chosen']:+.3f} / {a['reward_rejected']:+.3f}")
+        t.add_row("held-out reward margin (before -> after)", f"{b['margin']:+.3f} -> {a['margin']:+.3f}")
+        t.add_row("held-out preference accuracy (before -> after)", f"{b['accuracy']:.1%} -> {a['accuracy']:.1%}")
+    t.add_row("time", f"{r.seconds:.1f} s")
+    console.print(t)
+
+
+def grpo(
+    model: str = typer.Argument(..., help="MODEL: the policy to train, an llmlab run dir or an HF checkpoint dir "
+                                "(usually the SFT model)."),
+    data: str = typer.Option(..., "--data", help="Tasks with checkable answers: a set dir from `llmlab data sft` or "
+                             "its JSONL (records with meta.task and meta.answer; others are left out)."),
+    out: str = typer.Option(..., "--out", help="Run directory to write (model, tokenizer/, grpo_metrics.json, "
+                            "reward_curve.png)."),
+    val: str = typer.Option(None, "--val", help="Held-out tasks for --accuracy [DATA/val.jsonl]."),
+    steps: int = typer.Option(50, "--steps", help="Optimizer steps (one rollout each)."),
+    group_size: int = typer.Option(8, "--group-size", help="Completions sampled per prompt (G)."),
+    prompts_per_step: int = typer.Option(4, "--prompts-per-step", help="Prompts per step."),
+    beta: float = typer.Option(0.04, "--beta", help="k3 KL penalty to the frozen start (0 = none)."),
+    clip_eps: float = typer.Option(0.2, "--clip-eps", help="Ratio clip epsilon."),
+    lr: float = typer.Option(1e-4, "--lr", help="Learning rate (AdamW, constant)."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", help="Tokens sampled per completion at most."),
+    num_iterations: int = typer.Option(1, "--num-iterations", help="Updates per rollout (mu)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+    format_reward: float = typer.Option(0.0, "--format-reward", help="Added when a completion closes its turn."),
+    loss_type: str = typer.Option("grpo", "--loss-type", help="grpo (per-sequence token mean) or dapo (batch token "
+                                  "mean)."),
+    accuracy: int = typer.Option(0, "--accuracy", help="Greedy-decode this many held-out tasks before/after."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prompt order and the sampling."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto."),
+) -> None:
+    from llmlab.posttrain.train_grpo import train_grpo
+
+    if loss_type not in ("grpo", "dapo"):
+        raise ConfigError(f"--loss-type {loss_type!r} must be grpo or dapo")
+    data = _source(data, "--data")
+    before = _held_out(model, data, _source(val, "--val"), accuracy)
+    r = train_grpo(model, data, out, group_size=group_size, prompts_per_step=prompts_per_step, beta=beta,
+                   clip_eps=clip_eps, steps=steps, lr=lr, max_new_tokens=max_new_tokens, num_iterations=num_iterations,
+                   temperature=temperature, format_reward=format_reward, loss_type=loss_type, seed=seed,
+                   device=device)
+    after = _held_out(out, data, val, accuracy)
+    t = _table(f"llmlab grpo -> {r.out_dir}")
+    when, span = _first_last(r.rewards)
+    t.add_row(f"mean reward ({when})", span)
+    t.add_row(f"sampled accuracy ({when})", _first_last(r.accuracy, "{:.1%}")[1])
+    t.add_row("KL to the reference (last step)", f"{r.kl[-1]:.4f}")
+    t.add_row("groups with all-equal rewards (no signal)", f"{sum(r.zero_advantage_groups):,} of "
+              f"{steps * prompts_per_step:,}")
+    _accuracy_row(t, before, after)
+    t.add_row("time", f"{r.seconds:.1f} s")
+    console.print(t)
+
+
+def ppo(
+    model: str = typer.Argument(..., help="MODEL: the policy to train, an llmlab run dir or an HF checkpoint dir "
+                                "(usually the SFT model); a frozen copy is the KL reference."),
+    data: str = typer.Option(..., "--data", help="Prompts: a set dir from `llmlab data sft` or a messages JSONL. "
+                             "Without --reward-model only tasks with checkable answers (meta) are used."),
+    out: str = typer.Option(..., "--out", help="Run directory to write (model, value/, metrics.jsonl, "
+                            "ppo_metrics.json, reward_curve.png, checkpoints/)."),
+    reward_model: str = typer.Option(None, "--reward-model", help="A reward model from `llmlab reward` [none: the "
+                                     "task's verifiable reward, 1 for a right answer]."),
+    val: str = typer.Option(None, "--val", help="Held-out tasks for --accuracy [DATA/val.jsonl]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint "
+                                "(same options; --steps may grow)."),
+    steps: int = typer.Option(50, "--steps", help="PPO steps (one rollout batch each)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Prompts per step, one completion each."),
+    minibatch_size: int = typer.Option(8, "--minibatch-size", help="Completions per optimizer step."),
+    ppo_epochs: int = typer.Option(4, "--ppo-epochs", help="Passes over each step's rollouts."),
+    lr: float = typer.Option(1e-4, "--lr", help="Policy learning rate (AdamW, constant)."),
+    value_lr: float = typer.Option(1e-3, "--value-lr", help="Value model learning rate."),
+    beta: float = typer.Option(0.05, "--beta", help="Per-token KL penalty to the reference."),
+    clip_eps: float = typer.Option(0.2, "--clip-eps", help="Policy ratio clip epsilon."),
+    value_clip_eps: float = typer.Option(0.2, "--value-clip-eps", help="Value clip around the rollout's values."),
+    gamma: float = typer.Option(1.0, "--gamma", help="Discount."),
+    lam: float = typer.Option(0.95, "--lam", help="GAE lambda."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", help="Tokens sampled per completion at most."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+    missing_eos_penalty: float = typer.Option(0.0, "--missing-eos-penalty", help="Subtracted from the score of a "
+                                              "completion that never closes its turn."),
+    checkpoint_interval: int = typer.Option(10, "--checkpoint-interval", help="Steps between checkpoints."),
+    accuracy: int = typer.Option(0, "--accuracy", help="Greedy-decode this many held-out tasks before/after."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the value head, the prompt order and the sampling."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    from llmlab.posttrain.train_ppo import PPOConfig, train_ppo
+
+    cfg = PPOConfig(reward_model=reward_model, steps=steps, batch_size=batch_size, minibatch_size=minibatch_size,
+                    ppo_epochs=ppo_epochs, lr=lr, value_lr=value_lr, beta=beta, clip_eps=clip_eps,
+                    value_clip_eps=value_clip_eps, gamma=gamma, lam=lam, max_new_tokens=max_new_tokens,
+                    temperature=temperature, missing_eos_penalty=missing_eos_penalty,
+                    checkpoint_interval=checkpoint_interval, seed=seed, device=device)
+    if reward_model is not None and not Path(reward_model).is_dir():
+        raise LlmlabError(f"--reward-model {reward_model}: no such directory (write one with `llmlab reward`)")
+    data = _source(data, "--data")
+    before = _held_out(model, data, _source(val, "--val"), accuracy)
+    r = train_ppo(model, data, out, cfg, resume=resume, progress=progress)
+    after = _held_out(out, data, val, accuracy)
+    t = _table(f"llmlab ppo -> {r.out_dir}")
+    t.add_row("reward", f"reward model {reward_model}" if reward_model else "verifiable (grade: 1 right, 0 wrong)")
+    when, span = _first_last(r.rewards)
+    t.add_row(f"mean score ({when})", span)
+    graded = [a for a in r.accuracy if a is not None]
+    if graded:
+        t.add_row(f"sampled accuracy ({_first_last(graded)[0]})", _first_last(graded, "{:.1%}")[1])
+    t.add_row(f"KL to the reference, summed over tokens ({when})", _first_last(r.kl)[1])
+    t.add_row("clip fraction (mean over steps)", f"{sum(r.clip_frac) / len(r.clip_frac):.1%}")
+    t.add_row(f"value loss ({when})", _first_last(r.value_loss, "{:.4f}")[1])
+    _accuracy_row(t, before, after)
+    t.add_row("time", f"{r.seconds:.1f} s")
+    console.print(t)

@@ -46,6 +46,18 @@ def take(x: Tensor, index: Tensor) -> Tensor:
     return x[torch.arange(x.shape[0], device=x.device)[:, None], index]
 
 
+def beam_candidates(logprobs: Tensor, beam_scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The k best one-token extensions of all beams together, by summed log-prob, best first (HF's step).
+
+    logprobs (B, nb, V): each beam's next-token log-probs; beam_scores (B, nb): each beam's summed log-prob so
+    far. Returns (scores, beam, token), each (B, k): score = beam_scores[beam] + logprobs[beam, token].
+    """
+    b, _, vocab = logprobs.shape
+    # one top-k over the nb * V flattened extensions of each item; flat index = beam * V + token
+    scores, flat = torch.topk((logprobs + beam_scores[..., None]).view(b, -1), k)
+    return scores, flat // vocab, flat % vocab
+
+
 @torch.no_grad()
 def beam_search(model: Transformer, input_ids: Tensor, num_beams: int, max_new_tokens: int, *,
                 num_return_sequences: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
@@ -106,10 +118,7 @@ def beam_search(model: Transformer, input_ids: Tensor, num_beams: int, max_new_t
                 logits = model(running[:, :, -1].reshape(-1, 1), position_ids=next_pos[:, None], cache=cache)[:, -1]
                 next_pos = next_pos + 1
             logprobs = torch.log_softmax(logits.float(), dim=-1).view(b, num_beams, -1)  # (B, nb, V)
-            vocab = logprobs.shape[-1]
-            # the best n_keep extensions of all beams, by summed log-prob: (B, n_keep), best first
-            cand_scores, flat = torch.topk((logprobs + running_scores[..., None]).view(b, -1), n_keep)
-            cand_beam, cand_token = flat // vocab, flat % vocab
+            cand_scores, cand_beam, cand_token = beam_candidates(logprobs, running_scores, n_keep)  # (B, n_keep)
             cand = torch.cat([take(running, cand_beam), cand_token[..., None]], dim=-1)  # (B, n_keep, t + 1)
             ends = torch.isin(cand_token, eos_ids) | (n_gen == max_new_tokens)  # (B, n_keep)
 

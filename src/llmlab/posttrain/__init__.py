@@ -19,10 +19,12 @@ from llmlab.posttrain.reward import RewardModel, bradley_terry_loss, pairwise_ac
 from llmlab.posttrain.sft import held_out_accuracy, sft_loss, tokenize_chat, train_sft
 from llmlab.posttrain.train_dpo import train_dpo
 from llmlab.posttrain.train_grpo import train_grpo
+from llmlab.posttrain.train_ppo import PPOConfig, train_ppo
 from llmlab.posttrain.train_reward import load_reward_model, train_reward_model
 
 __all__ = [
     "LoRALinear",
+    "PPOConfig",
     "RewardModel",
     "apply_lora",
     "bradley_terry_loss",
@@ -60,6 +62,7 @@ __all__ = [
     "tokenize_chat",
     "train_dpo",
     "train_grpo",
+    "train_ppo",
     "train_reward_model",
     "train_sft",
 ]

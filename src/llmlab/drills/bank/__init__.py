@@ -10,7 +10,7 @@ from llmlab.drills.grader import Drill
 from llmlab.errors import LlmlabError
 
 AREAS = ("basics", "attention", "positions", "sampling", "inference", "training", "tokenizer", "efficiency",
-         "posttrain", "eval", "serve")
+         "posttrain", "eval", "serve", "apps")
 
 
 @cache
