@@ -16,7 +16,7 @@ SAMPLE = Path(__file__).parent / "data" / "sample"
 def small(out: Path, **changes) -> RunConfig:
     fields = dict(out_dir=str(out), inputs=[str(SAMPLE / "en.jsonl")], vocab_size=400, tokenizer_bytes=200_000,
                   batch_size=8, seq_len=64, max_steps=60, lr=1e-2, eval_interval=30, eval_batches=4,
-                  sample_tokens=8, device="cpu")
+                  sample_tokens=8, device="cpu", sft_steps=0)
     return RunConfig(**{**fields, **changes})
 
 
@@ -49,6 +49,24 @@ def test_rerun_with_other_settings_is_a_user_error(finished):
     cfg, _ = finished
     with pytest.raises(LlmlabError, match="other settings"):
         run(RunConfig(**{**cfg.__dict__, "vocab_size": 500}))
+
+
+def test_post_training_stages_run_measure_every_model_and_are_reused(tmp_path):
+    """SFT -> DPO and SFT -> GRPO in a few steps each: every model is measured on the same held-out tasks and pairs,
+    and a rerun reuses all three (whether each stage improves is measured by `make run`, see the README)."""
+    cfg = small(tmp_path / "post", seq_len=128, max_steps=20, sft_examples=200, sft_steps=6, pref_pairs=100,
+                dpo_steps=3, grpo_steps=2, posttrain_eval=12)
+    report = run(cfg)
+    assert [r["stage"] for r in report.posttrain] == ["base", "SFT", "SFT + DPO", "SFT + GRPO"]
+    for row in report.posttrain:
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["sampled_accuracy"] <= 1 and 0 <= row["pref_accuracy"] <= 1
+        assert row["n"] > 0 and row["pref_pairs"] > 0
+    out = Path(cfg.out_dir)
+    for stage in ("sft", "dpo", "grpo"):
+        assert load_model(out / stage).num_parameters() == report.params
+    again = run(cfg)
+    assert again.reused == ["tokenizer", "data", "pretrain", "sft", "dpo", "grpo"]
+    assert [r["accuracy"] for r in again.posttrain] == [r["accuracy"] for r in report.posttrain]
 
 
 def test_missing_input_is_a_user_error(tmp_path):

@@ -1,6 +1,7 @@
 """`llmlab run`: the main job, one stage after another, each resumable.
 
     fetch corpus -> train tokenizer -> prepare shards -> pretrain -> evaluate (perplexity, baselines, samples)
+    -> SFT -> DPO (from SFT) -> GRPO (from SFT) -> post-training table (held-out task and preference accuracy)
 
 Every stage writes into the run directory and records what it was asked to do (`stages.json`); running the same
 command again reuses finished stages and resumes an interrupted pretraining from its last checkpoint. Later issues
@@ -31,7 +32,7 @@ from llmlab.infer.generate import generate
 from llmlab.model.io import atomic_write, load_model
 from llmlab.tokenizer import load_tokenizer, train_tokenizer
 from llmlab.train.checkpoint import latest_checkpoint
-from llmlab.train.loop import TrainConfig, pretrain
+from llmlab.train.loop import TrainConfig, pretrain, resolve_device
 
 STAGES_FILE = "stages.json"
 SAMPLE_PROMPTS = ("The ", "And the LORD said", "Mr. Speaker, ", "床前明月光，")
@@ -58,6 +59,18 @@ class RunConfig:
     sample_tokens: int = 48
     seed: int = 0
     device: str = "auto"
+    # post-training on generated chat tasks with checkable answers (llmlab.posttrain.chat_data); 0 steps skip a stage
+    sft_examples: int = 3000
+    sft_steps: int = 300
+    sft_lr: float = 1e-3
+    pref_pairs: int = 2000
+    dpo_steps: int = 150
+    dpo_lr: float = 5e-4
+    dpo_beta: float = 0.1
+    grpo_steps: int = 60
+    grpo_lr: float = 5e-4
+    grpo_tasks: tuple[str, ...] = ("count_letter", "count_words")  # where SFT's samples get mixed rewards: a signal
+    posttrain_eval: int = 200  # held-out examples and pairs each stage is measured on
 
 
 @dataclass
@@ -78,6 +91,7 @@ class RunReport:
     bytes_per_token: float = math.nan
     samples: dict[str, str] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    posttrain: list[dict] = field(default_factory=list)  # one row per model: stage, accuracy, pref_accuracy, seconds
 
 
 class Stages:
@@ -190,7 +204,121 @@ def run(cfg: RunConfig, console: Console | None = None) -> RunReport:
     console.rule("[bold]5. evaluate")
     evaluate(report, load_model(model_dir), tokenizer, data_dir, cfg)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=str) + "\n")
+
+    # 6.-8. post-training: SFT on generated chat tasks, then DPO and GRPO each starting from the SFT model
+    if cfg.sft_steps:
+        report.posttrain = posttrain(out, model_dir, stages, report, cfg, console)
+        (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=str) + "\n")
     return report
+
+
+def posttrain(out: Path, base_dir: Path, stages: Stages, report: RunReport, cfg: RunConfig, console: Console
+              ) -> list[dict]:
+    """SFT -> DPO and SFT -> GRPO, then every model measured on the same held-out tasks and preference pairs."""
+    from llmlab.posttrain.chat_data import load_chat_data, write_set
+    from llmlab.posttrain.sft import train_sft
+    from llmlab.posttrain.train_dpo import train_dpo
+    from llmlab.posttrain.train_grpo import train_grpo
+
+    sft_data, pref_data = out / "sft_data", out / "pref_data"
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, settings: dict[str, Any], model_dir: Path, train) -> None:
+        if stages.finished(name, settings) and (model_dir / "model_config.json").is_file():
+            report.reused.append(name)
+            console.print(f"reusing {model_dir}")
+            seconds[name] = settings.get("seconds", math.nan)
+            return
+        t0 = time.perf_counter()
+        train()
+        seconds[name] = time.perf_counter() - t0
+        stages.mark(name, settings)
+
+    console.rule("[bold]6. SFT")
+    sft_dir = out / "sft"
+    sft_settings = {"examples": cfg.sft_examples, "steps": cfg.sft_steps, "lr": cfg.sft_lr, "seed": cfg.seed}
+
+    def sft() -> None:
+        write_set(sft_data, "sft", cfg.sft_examples, seed=cfg.seed)
+        r = train_sft(base_dir, sft_data, sft_dir, steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=16, seed=cfg.seed,
+                      device=cfg.device)
+        console.print(f"SFT: {r.train_examples:,} examples, {cfg.sft_steps} steps, held-out loss "
+                      f"{r.val_loss_before:.3f} -> {r.val_loss_after:.3f} ({r.seconds:.0f} s)")
+
+    stage("sft", sft_settings, sft_dir, sft)
+    dpo_dir, grpo_dir = out / "dpo", out / "grpo"
+    if cfg.dpo_steps:
+        console.rule("[bold]7. DPO")
+        dpo_settings = {"pairs": cfg.pref_pairs, "steps": cfg.dpo_steps, "lr": cfg.dpo_lr, "beta": cfg.dpo_beta,
+                        "seed": cfg.seed, "sft": sft_settings}
+
+        def dpo() -> None:
+            write_set(pref_data, "prefs", cfg.pref_pairs, seed=cfg.seed + 1)  # other prompts than the SFT set's
+            r = train_dpo(sft_dir, pref_data, dpo_dir, beta=cfg.dpo_beta, steps=cfg.dpo_steps, lr=cfg.dpo_lr,
+                          batch_size=8, seed=cfg.seed, device=cfg.device)
+            console.print(f"DPO: {r.train_pairs:,} pairs, {cfg.dpo_steps} steps, held-out implicit reward margin "
+                          f"{r.val_after['margin']:+.3f}, accuracy {r.val_after['accuracy']:.1%} ({r.seconds:.0f} s)")
+
+        stage("dpo", dpo_settings, dpo_dir, dpo)
+    if cfg.grpo_steps:
+        console.rule("[bold]8. GRPO")
+        grpo_settings = {"steps": cfg.grpo_steps, "lr": cfg.grpo_lr, "tasks": list(cfg.grpo_tasks),
+                         "seed": cfg.seed, "sft": sft_settings}
+
+        def grpo() -> None:
+            tasks = [ex for ex in load_chat_data(sft_data, "sft", "train").examples
+                     if ex.get("meta", {}).get("task") in cfg.grpo_tasks]
+            r = train_grpo(sft_dir, tasks, grpo_dir, group_size=8, prompts_per_step=4, beta=0.04,
+                           steps=cfg.grpo_steps, lr=cfg.grpo_lr, max_new_tokens=8, seed=cfg.seed, device=cfg.device)
+            k = max(len(r.rewards) // 4, 1)
+            console.print(f"GRPO: {cfg.grpo_steps} steps, mean reward (first -> last quarter) "
+                          f"{sum(r.rewards[:k]) / k:.3f} -> {sum(r.rewards[-k:]) / k:.3f} ({r.seconds:.0f} s)")
+
+        stage("grpo", grpo_settings, grpo_dir, grpo)
+
+    console.rule("[bold]9. post-training evaluation")
+    models = [("base", base_dir), ("SFT", sft_dir)]
+    models += [("SFT + DPO", dpo_dir)] if cfg.dpo_steps else []
+    models += [("SFT + GRPO", grpo_dir)] if cfg.grpo_steps else []
+    tasks = load_chat_data(sft_data, "sft", "val").examples[: cfg.posttrain_eval]
+    pairs = load_chat_data(pref_data, "prefs", "val").examples[: cfg.posttrain_eval] if cfg.dpo_steps else []
+    rows = []
+    for name, model_dir in models:
+        row = {"stage": name, "model": str(model_dir), **measure_chat_model(model_dir, tasks, pairs, cfg.device)}
+        row["seconds"] = seconds.get({"SFT": "sft", "SFT + DPO": "dpo", "SFT + GRPO": "grpo"}.get(name, ""), None)
+        rows.append(row)
+    return rows
+
+
+def measure_chat_model(model_dir: Path, tasks: list[dict], pairs: list[dict], device: str, samples: int = 4,
+                       seed: int = 0) -> dict:
+    """Three held-out measures, each the one a stage optimises:
+    accuracy         greedy answers graded exactly (what SFT teaches);
+    sampled_accuracy answers sampled at temperature 1, `samples` per task (GRPO's expected reward);
+    pref_accuracy    how often the right answer of a held-out pair gets more log-probability than its corruption,
+                     log p(chosen) > log p(rejected) (what DPO raises)."""
+    from llmlab.posttrain.chat_data import GRADED, grade
+    from llmlab.posttrain.sft import held_out_accuracy, load_chat_model
+    from llmlab.posttrain.train_dpo import encode_pair, preference_metrics
+    from llmlab.posttrain.train_grpo import rollout
+
+    acc = held_out_accuracy(model_dir, tasks, max_new_tokens=24, device=device)
+    out = {"accuracy": acc["accuracy"], "n": acc["n"], "per_task": acc["per_task"]}
+    cm = load_chat_model(model_dir)
+    cm.model.to(resolve_device(device))
+    graded = [ex for ex in tasks if ex.get("meta", {}).get("task") in GRADED]
+    gen = torch.Generator(device=next(cm.model.parameters()).device).manual_seed(seed)
+    hits = 0
+    for i in range(0, len(graded), 16):
+        chunk = graded[i: i + 16]
+        r = rollout(cm.model, cm.tokenizer, cm.template, chunk, samples, 24, temperature=1.0, generator=gen)
+        hits += sum(grade(chunk[j // samples], text) for j, text in enumerate(r.texts))
+    out["sampled_accuracy"] = hits / max(len(graded) * samples, 1)
+    if pairs:
+        encoded = [encode_pair(p, cm.tokenizer, cm.template, cm.max_len) for p in pairs]
+        m = preference_metrics(cm.model, encoded, torch.zeros(len(encoded), 2), cm.pad_id, beta=1.0)
+        out.update(pref_accuracy=m["accuracy"], pref_pairs=m["n"])
+    return out
 
 
 @torch.no_grad()

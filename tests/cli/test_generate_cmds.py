@@ -1,9 +1,10 @@
 """`llmlab generate` and `llmlab chat` on a tiny run dir built here (a BPE tokenizer trained on the sonnets sample, a
 random Transformer) and on the same model exported as an HF dir. Reference: `llmlab.infer.generate.generate` on the
-same prompt ids (greedy and seeded: exact text)."""
+same prompt ids (greedy and seeded: exact text); --compile against the same greedy text."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -65,11 +66,39 @@ def test_generate_and_stream(run_dir, sampling):
     assert streamed.exit_code == 0 and streamed.stdout == result.stdout
 
 
+def test_generate_compile_equals_eager(run_dir, monkeypatch):
+    """--compile (decode steps as one torch.compile'd graph) prints the same greedy text as eager decoding, through
+    infer.generate.stream with compile=True (not the serving engine), streamed or not."""
+    calls = []
+    stream = generate_cmds.generate_stream
+    monkeypatch.setattr(generate_cmds, "generate_stream",
+                        lambda *a, **kw: calls.append(kw["compile"]) or stream(*a, **kw))
+    monkeypatch.setattr(generate_cmds, "Engine", None)  # generate must not need the engine
+    args = ["generate", str(run_dir), "--prompt", "Shall I compare thee", "--max-new-tokens", "40",
+            "--temperature", "0"]
+    eager = runner.invoke(app, args)
+    compiled = runner.invoke(app, [*args, "--compile"])
+    streamed = runner.invoke(app, [*args, "--compile", "--stream"])
+    assert eager.exit_code == compiled.exit_code == streamed.exit_code == 0, compiled.output
+    assert compiled.stdout == streamed.stdout == eager.stdout == expected_text(
+        run_dir, "Shall I compare thee", max_new_tokens=40, temperature=0.0) + "\n"
+    assert calls == [False, True, True] and "tokens/s" in compiled.stderr
+
+
 def test_generate_errors(run_dir):
     long = runner.invoke(app, ["generate", str(run_dir), "--prompt", "word " * 200])
     assert isinstance(long.exception, LlmlabError) and "context is 96" in str(long.exception)
     missing = runner.invoke(app, ["generate", str(run_dir / "nope"), "--prompt", "x"])
     assert isinstance(missing.exception, LlmlabError) and "does not exist" in str(missing.exception)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor failed\n  a long\n  traceback")
+
+    with pytest.MonkeyPatch.context() as mp:  # a failed compilation: one line that says what to do
+        mp.setattr(importlib.import_module("llmlab.infer.generate"), "_compiled_decode_step", broken)
+        failed = runner.invoke(app, ["generate", str(run_dir), "--prompt", "x", "--compile", "--temperature", "0"])
+    assert isinstance(failed.exception, LlmlabError) and "\n" not in str(failed.exception)
+    assert "inductor failed" in str(failed.exception) and "compile=False" in str(failed.exception)
 
 
 def test_chat_keeps_history_and_ends_cleanly(run_dir, monkeypatch):

@@ -105,3 +105,13 @@ def test_banned_call_fails_the_check(tmp_path):
                                    "key_padding_mask=None):\n    return F.scaled_dot_product_attention(q, k, v)\n")
     report = grade(drill, tmp_path / "s.py", isolate=False)
     assert not report.passed and report.banned == ["line 5: calls F.scaled_dot_product_attention()"]
+
+
+RIGHT = sorted((Path(__file__).parent / "right").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", RIGHT, ids=[p.stem for p in RIGHT])
+def test_solution_written_from_the_docstring_passes(path):
+    """Solutions written from the starter's docstring alone, never from llmlab's code: the statement is enough."""
+    report = grade(all_drills()[path.stem], path, isolate=False)
+    assert report.passed, [r.message for r in report.results if not r.ok]

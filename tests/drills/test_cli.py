@@ -68,3 +68,18 @@ def test_unknown_drill_is_a_clear_error():
     out = runner.invoke(app, ["solution", "nope"])
     assert out.exit_code != 0 and "no drill named 'nope'" in str(out.exception)
     assert len(all_drills()) >= 15
+
+
+def test_web_is_a_drill_command():
+    out = runner.invoke(app, ["web", "--help"])
+    assert out.exit_code == 0 and "--port" in out.output and "127.0.0.1" in out.output
+
+
+def test_a_failed_check_is_a_nonzero_exit_status(tmp_path):
+    """`llmlab drill check` run as a program: a failing submission exits 1 (scripts and CI can rely on it)."""
+    from pathlib import Path
+
+    from llmlab.cli.main import main
+
+    wrong = sorted((Path(__file__).parent / "wrong").glob("softmax__*.py"))[0]
+    assert main(["drill", "check", "softmax", "--file", str(wrong), "--dir", str(tmp_path)]) == 1

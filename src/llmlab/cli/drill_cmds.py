@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -10,10 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from llmlab.drills import workspace as ws
 from llmlab.drills.bank import all_drills, get_drill
-from llmlab.drills.grader import format_report, grade
 from llmlab.drills.progress import Progress
-from llmlab.errors import LlmlabError
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False)
@@ -23,7 +21,7 @@ DIR_OPT = typer.Option(Path("llmlab-drills"), "--dir", envvar="LLMLAB_DRILL_DIR"
 
 
 def _progress(workspace: Path) -> Progress:
-    return Progress(workspace / "progress.sqlite")
+    return ws.progress(workspace)
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -50,24 +48,12 @@ def list_drills(workspace: Path = DIR_OPT) -> None:
     console.print(table)
 
 
-def _write_starter(workspace: Path, name: str, force: bool) -> Path:
-    d = get_drill(name)
-    path = workspace / f"{name}.py"
-    if path.exists() and not force:
-        raise LlmlabError(f"{path} exists; edit it, or pass --force to start over (the old file is kept as .bak)")
-    workspace.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        shutil.copy(path, path.with_suffix(".py.bak"))
-    path.write_text(d.starter)
-    return path
-
-
 @app.command("start", help="Write the drill's starter file into the workspace and start its timer.")
 def start(name: str = typer.Argument(..., help="Drill name (see `llmlab drill list`)."),
           force: bool = typer.Option(False, "--force", help="Overwrite an existing file (kept as NAME.py.bak)."),
           workspace: Path = DIR_OPT) -> None:
     d = get_drill(name)
-    path = _write_starter(workspace, name, force)
+    path = ws.write_starter(workspace, name, force)
     _progress(workspace).start(name)
     console.print(f"{d.statement}\nWrite [bold]{d.func}()[/] in {path} (about {d.minutes} min); timer started.\n"
                   f"Then: llmlab drill check {name}")
@@ -79,15 +65,12 @@ def check(name: str = typer.Argument(..., help="Drill name."),
           seed: int = typer.Option(0, "--seed", help="Seed of the hidden cases."),
           workspace: Path = DIR_OPT) -> None:
     d = get_drill(name)
-    path = file or workspace / f"{name}.py"
-    if not path.exists():
-        raise LlmlabError(f"{path} does not exist: run `llmlab drill start {name}` first")
-    report = grade(d, path, seed=seed)
-    for line in format_report(d, report):
+    result = ws.check(workspace, name, file, seed=seed)
+    report, seconds = result.report, result.seconds
+    for line in result.lines:
         style = "green" if "PASSED" in line else "red" if line.startswith(("FAILED", "Banned")) else None
         console.print(line, style=style, markup=False)
     prog = _progress(workspace)
-    seconds = prog.record(name, report.passed, report.n_passed, report.n_cases, report.failed_tags)
     if seconds is not None:
         console.print(f"time since start: {_fmt_time(seconds)} (estimate {d.minutes} min)")
     mock = prog.active_mock()
@@ -147,7 +130,7 @@ def mock(minutes: float = typer.Option(45, "--minutes", help="Time for the whole
 
     picked = sorted(all_drills().values(), key=weakness)[:n]
     for d in picked:
-        _write_starter(workspace, d.name, force=True)
+        ws.write_starter(workspace, d.name, force=True)
     prog.start_mock([d.name for d in picked], minutes)
     ends = time.strftime("%H:%M", time.localtime(time.time() + minutes * 60))
     console.print(f"Mock interview, {minutes:g} minutes (ends {ends}):")
@@ -165,4 +148,18 @@ def review(workspace: Path = DIR_OPT) -> None:
         console.print(f"  {name} (due {overdue:.1f} days ago): llmlab drill start {name} --force")
 
 
+@app.command("web", help="The drills as a local page: edit in the browser, Check grades as `check` does.")
+def web(port: int = typer.Option(8765, "--port", help="TCP port on 127.0.0.1."),
+        open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
+        workspace: Path = DIR_OPT) -> None:
+    import webbrowser
 
+    import uvicorn
+
+    from llmlab.drills.web import create_app
+
+    url = f"http://127.0.0.1:{port}/"
+    console.print(f"drills page: {url} (workspace {workspace.resolve()}); Ctrl+C stops it", soft_wrap=True)
+    if open_browser:
+        webbrowser.open(url)
+    uvicorn.run(create_app(workspace), host="127.0.0.1", port=port, log_level="warning")

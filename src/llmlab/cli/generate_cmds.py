@@ -1,18 +1,23 @@
-"""`llmlab generate` and `llmlab chat`: text from MODEL (an llmlab run dir or an HF checkpoint dir) via the engine."""
+"""`llmlab generate` and `llmlab chat`: text from MODEL (an llmlab run dir or an HF checkpoint dir).
+
+generate runs `infer.generate.stream` on one prompt (optionally compiled); chat goes through the serving engine."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import torch
 import typer
 
 from llmlab.cli.model_cmds import MODEL_ARG
 from llmlab.errors import LlmlabError
 from llmlab.infer.chat_template import ChatTemplate, load_chat_template
+from llmlab.infer.generate import stream as generate_stream
 from llmlab.infer.sampling import SamplingParams
 from llmlab.model.io import is_run_dir, load_model
-from llmlab.serve.engine import Engine
+from llmlab.serve.detokenizer import Detokenizer
+from llmlab.serve.engine import Engine, engine_device
 from llmlab.tokenizer import find_tokenizer
 
 MAX_NEW_TOKENS = typer.Option(128, "--max-new-tokens", min=1, help="Most tokens to generate (per answer in chat).")
@@ -32,23 +37,34 @@ def generate(
     top_p: float = TOP_P,
     seed: int = SEED,
     stream: bool = typer.Option(False, "--stream", help="Print each token as it is generated."),
+    compile: bool = typer.Option(False, "--compile", help="Decode steps as one torch.compile'd graph: faster per "
+                                                          "token after a one-time compilation of seconds."),
     device: str = DEVICE,
 ) -> None:
-    engine = open_engine(model, device)
-    ids = prompt_ids(model, engine.tokenizer, prompt)
-    params = SamplingParams(max_new_tokens=fit_new_tokens(engine, len(ids), max_new_tokens),
+    # one prompt needs no scheduler or paged cache: infer.generate.stream on a contiguous KVCache is the fast path
+    m = load_model(model)
+    tokenizer = find_tokenizer(model, m.cfg.vocab_size)
+    m = m.to(engine_device(m, device))
+    ids = prompt_ids(model, tokenizer, prompt)
+    params = SamplingParams(max_new_tokens=fit_new_tokens(m.cfg.max_seq_len, len(ids), max_new_tokens),
                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    eos = tokenizer.eos_id
+    text = Detokenizer(tokenizer.decode)
     start = time.perf_counter()
-    pieces, n_tokens, finish = [], 0, None
-    for event in engine.events(engine.submit(ids, params)):
-        n_tokens += event.token_id >= 0
-        finish = event.finish_reason
+    n_tokens, finish, shown = 0, "length", []
+    input_ids = torch.tensor([ids], device=next(m.parameters()).device)
+    for step in generate_stream(m, input_ids, params, eos_token_id=eos, compile=compile):
+        token = int(step.tokens[0])
+        n_tokens += 1
+        if token == eos:  # eos ends the text and is not shown, as the engine and the API do
+            finish = "stop"
+            break
+        text.add(token)
+        shown.append(text.take())
         if stream:
-            typer.echo(event.text, nl=False)
-        pieces.append(event.text)
-        if finish == "error":
-            raise LlmlabError(f"generation failed: {event.error}")
-    typer.echo("" if stream else "".join(pieces))
+            typer.echo(shown[-1], nl=False)
+    shown.append(text.finish())  # an incomplete last character, as decode(all ids) shows it
+    typer.echo(shown[-1] if stream else "".join(shown))
     seconds = time.perf_counter() - start
     typer.echo(f"[{n_tokens} tokens in {seconds:.2f} s, {n_tokens / max(seconds, 1e-9):.1f} tokens/s, "
                f"finish: {finish}]", err=True)
@@ -117,11 +133,11 @@ def prompt_ids(model: Path, tokenizer, text: str) -> list[int]:
     return ([start] if start is not None else []) + tokenizer.encode(text)
 
 
-def fit_new_tokens(engine: Engine, n_prompt: int, max_new_tokens: int) -> int:
+def fit_new_tokens(context: int, n_prompt: int, max_new_tokens: int) -> int:
     """max_new_tokens, lowered so the prompt and the answer fit the context."""
-    room = engine.max_seq_len - n_prompt
+    room = context - n_prompt
     if room < 1:
-        raise LlmlabError(f"the prompt is {n_prompt} tokens; the model's context is {engine.max_seq_len}")
+        raise LlmlabError(f"the prompt is {n_prompt} tokens; the model's context is {context}")
     return min(max_new_tokens, room)
 
 

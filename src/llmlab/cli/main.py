@@ -60,7 +60,7 @@ err = Console(stderr=True, soft_wrap=True)
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes print one red line and exit 2, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # without standalone_mode, click returns ctx.exit's code
     except LlmlabError as e:
         err.print(Text.assemble(("error: ", "bold red"), str(e)))  # the message is never parsed as markup
         return 2
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as e:  # bad option values, unknown commands: click's own one-line usage message
         e.show()
         return e.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def entry() -> None:

@@ -27,11 +27,18 @@ def run(
     backend: str = typer.Option(None, help="Attention backend: naive, sdpa (default), flash."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
+    sft_steps: int = typer.Option(300, min=0, help="SFT steps on the generated chat tasks (0: no post-training)."),
+    dpo_steps: int = typer.Option(150, min=0, help="DPO steps from the SFT model (0: skip)."),
+    grpo_steps: int = typer.Option(60, min=0, help="GRPO steps from the SFT model (0: skip)."),
 ) -> None:
     cfg = RunConfig(out_dir=str(out), inputs=[str(p) for p in input] if input else None, vocab_size=vocab_size,
                     preset=preset, style=style, backend=backend, batch_size=batch_size, seq_len=seq_len,
-                    max_steps=steps, lr=lr, eval_interval=max(steps // 6, 1), seed=seed, device=device)
-    console.print(summary(run_pipeline(cfg, console), cfg))
+                    max_steps=steps, lr=lr, eval_interval=max(steps // 6, 1), seed=seed, device=device,
+                    sft_steps=sft_steps, dpo_steps=dpo_steps, grpo_steps=grpo_steps)
+    report = run_pipeline(cfg, console)
+    console.print(summary(report, cfg))
+    if report.posttrain:
+        console.print(posttrain_table(report))
 
 
 def summary(r: RunReport, cfg: RunConfig) -> Table:
@@ -53,4 +60,17 @@ def summary(r: RunReport, cfg: RunConfig) -> Table:
         t.add_row("reused stages", ", ".join(r.reused))
     for prompt, text in r.samples.items():
         t.add_row(f"sample: {prompt!r}", text.replace("\n", " ⏎ "))
+    return t
+
+
+def posttrain_table(r: RunReport) -> Table:
+    """One row per model, each measured on the same held-out tasks and pairs (llmlab.pipeline.measure_chat_model)."""
+    first = r.posttrain[0]
+    t = Table(title=f"post-training: {first['n']} held-out tasks, {first.get('pref_pairs', 0)} held-out pairs")
+    for name in ("model", "task accuracy (greedy)", "task accuracy (sampled, T=1)", "preference accuracy", "time"):
+        t.add_column(name, justify="left" if name == "model" else "right")
+    for row in r.posttrain:
+        pref = f"{row['pref_accuracy']:.1%}" if "pref_accuracy" in row else "-"
+        secs = f"{row['seconds']:.0f} s" if row.get("seconds") is not None else "-"
+        t.add_row(row["stage"], f"{row['accuracy']:.1%}", f"{row['sampled_accuracy']:.1%}", pref, secs)
     return t

@@ -50,8 +50,9 @@ class Case:
         for name, x in self.inputs.items():
             if isinstance(x, Tensor):
                 parts.append(f"{name}: {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}")
-            elif isinstance(x, dict):
-                parts.append(f"{name}: dict of {len(x)}")
+            elif isinstance(x, dict):  # short ones in full (a JSON schema, tool arguments); big ones by size
+                r = repr(x)
+                parts.append(f"{name}={r}" if len(r) <= 320 else f"{name}: dict of {len(x)}")
             else:
                 parts.append(f"{name}={x!r}")
         return ", ".join(parts)

@@ -185,8 +185,13 @@ def compiled_step(model: Transformer, cache: KVCache, token: Tensor, position: T
         return _compiled_decode_step(model, cache.k, cache.v, token.clone(memory_format=torch.contiguous_format),
                                      position.clone(memory_format=torch.contiguous_format), slot, pad_mask)
     except Exception as e:  # inductor needs a working C++ compiler on CPU, Triton on GPU
-        raise LlmlabError(f"compile=True: torch.compile failed ({type(e).__name__}: {e}); decode with "
-                          "compile=False") from e
+        raise compile_error(e) from e
+
+
+def compile_error(e: Exception) -> LlmlabError:
+    """A failed torch.compile as one line a user can act on (inductor's messages run to many lines)."""
+    first = next((line for line in str(e).splitlines() if line.strip()), "")
+    return LlmlabError(f"compile=True: torch.compile failed ({type(e).__name__}: {first}); decode with compile=False")
 
 
 def hits_stop_string(generated: Tensor, stop_strings: Sequence[str], decode: Callable[[list[int]], str]) -> Tensor:

@@ -38,7 +38,7 @@ from llmlab.infer.paged_cache import PagedKVCache
 from llmlab.infer.sampling import SamplingParams
 from llmlab.model.transformer import Transformer
 from llmlab.serve.detokenizer import Detokenizer
-from llmlab.serve.model_runner import ModelRunner
+from llmlab.serve.model_runner import Choice, ModelRunner
 from llmlab.serve.scheduler import Scheduler
 from llmlab.serve.sequence import Sequence, Status
 
@@ -115,7 +115,8 @@ class Engine:
     cancel and stats may be called from any thread while `start()`'s loop (or one caller of `step`) runs the model."""
 
     def __init__(self, model: Transformer, tokenizer, *, max_batch_size: int = 16, cache_blocks: int | None = None,
-                 block_size: int = 16, max_seq_len: int | None = None, device: str = "auto") -> None:
+                 block_size: int = 16, max_seq_len: int | None = None, device: str = "auto",
+                 compile: bool = False) -> None:
         cfg = model.cfg
         if not cfg.causal:
             raise LlmlabError(f"the engine generates text with a causal decoder; this model has arch={cfg.arch!r}")
@@ -138,7 +139,7 @@ class Engine:
             raise ConfigError(f"cache_blocks={cache_blocks!r} must be a positive integer")
         self.cache = PagedKVCache(cfg, cache_blocks, block_size, dtype=dtype, device=self.device)
         self.scheduler = Scheduler(self.cache, max_batch_size)
-        self.runner = ModelRunner(self.model, self.cache)
+        self.runner = ModelRunner(self.model, self.cache, compile=compile)
         eos = getattr(tokenizer, "eos_id", None)
         self.eos_ids = frozenset() if eos is None else frozenset([eos])
         self._counters = _Counters()
@@ -302,17 +303,16 @@ class Engine:
         these requests with finish_reason "error" and frees their blocks; the engine and other requests go on."""
         events = []
         try:
-            logits = run()  # (len(seqs), V)
-            for row, seq in enumerate(seqs):
-                events.append(self._advance(seq, logits[row:row + 1]))
+            choices = self.runner.choose(seqs, run())  # run(): logits (len(seqs), V)
+            for seq, choice in zip(seqs, choices, strict=True):
+                events.append(self._advance(seq, choice))
         except Exception as e:  # noqa: BLE001 - reported to the request's reader, not raised in the loop
             message = f"{type(e).__name__}: {e}"
             events += [self._end(s, "error", "", error=message) for s in seqs if s.status is not Status.FINISHED]
         return events
 
-    def _advance(self, seq: Sequence, logits: Tensor) -> TokenEvent:
-        """Choose seq's next token, decide whether it ends the request, and make its event."""
-        choice = self.runner.choose(seq, logits)
+    def _advance(self, seq: Sequence, choice: Choice) -> TokenEvent:
+        """Append seq's chosen token, decide whether it ends the request, and make its event."""
         token = choice.token_id
         seq.output_ids.append(token)
         self._counters.tokens_generated += 1

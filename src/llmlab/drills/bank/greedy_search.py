@@ -5,11 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from llmlab.drills.bank._gen import randint
+from llmlab.drills.bank._gen import TinyLM, randint
 from llmlab.drills.grader import Case, Drill
 from llmlab.infer.generate import _steps, generate
-from llmlab.model.config import TransformerConfig
-from llmlab.model.transformer import Transformer
 
 STARTER = '''"""Drill: greedy_search. Check with `llmlab drill check greedy_search`."""
 import torch
@@ -30,27 +28,6 @@ def greedy_search(model, input_ids: Tensor, max_new_tokens: int, eos_token_id: i
 '''
 
 VOCAB = 61
-
-
-class TinyLM:
-    """A random-weight 2-layer llmlab decoder in float64: model(ids (B, T)) -> logits (B, T, V)."""
-
-    def __init__(self, g: torch.Generator) -> None:
-        cfg = TransformerConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
-                                max_seq_len=64)
-        with torch.random.fork_rng(devices=[]):  # the constructor's init draws must not move the global RNG
-            self.model = Transformer(cfg).double().eval()
-        with torch.no_grad():
-            for p in self.model.parameters():
-                noise = 0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64)
-                p.copy_(noise if p.dim() > 1 else p + noise)  # peaked next-token distributions; norms stay near 1
-
-    @torch.no_grad()
-    def __call__(self, input_ids: Tensor) -> Tensor:
-        return self.model(input_ids)
-
-    def __repr__(self) -> str:
-        return f"TinyLM(vocab_size={VOCAB})"
 
 
 def greedy_search(model: TinyLM, input_ids: Tensor, max_new_tokens: int, eos_token_id: int | None = None,
