@@ -283,8 +283,14 @@ def posttrain(out: Path, base_dir: Path, stages: Stages, report: RunReport, cfg:
     tasks = load_chat_data(sft_data, "sft", "val").examples[: cfg.posttrain_eval]
     pairs = load_chat_data(pref_data, "prefs", "val").examples[: cfg.posttrain_eval] if cfg.dpo_steps else []
     rows = []
-    for name, model_dir in models:
-        row = {"stage": name, "model": str(model_dir), **measure_chat_model(model_dir, tasks, pairs, cfg.device)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batch-16 decode steps of a tiny model: one thread beats two, by far on shared cores
+    try:
+        measured = [measure_chat_model(model_dir, tasks, pairs, cfg.device) for _, model_dir in models]
+    finally:
+        torch.set_num_threads(threads)
+    for (name, model_dir), m in zip(models, measured, strict=True):
+        row = {"stage": name, "model": str(model_dir), **m}
         row["seconds"] = seconds.get({"SFT": "sft", "SFT + DPO": "dpo", "SFT + GRPO": "grpo"}.get(name, ""), None)
         rows.append(row)
     return rows

@@ -67,6 +67,43 @@ def test_different_lengths_and_block_reuse(name, backend):
     decode_rows(model, cache, rows, n_steps=3)
 
 
+@torch.no_grad()
+def test_lone_sequence_in_consecutive_blocks_is_read_as_a_view():
+    """A batch of one sequence whose blocks are consecutive reads its K/V as a slice of the pool (no slot gather);
+    once another sequence takes the next block, it grows into a non-consecutive one and is gathered; both ways
+    equal model(full sequence). Freed blocks come back in ascending order, consecutive again."""
+    cfg = CONFIGS["gqa"]
+    model = build(cfg)
+    cache = PagedKVCache(cfg, n_blocks=8, block_size=4)
+    ids = prompt(b=1, t=8)
+    batch = cache.batch(["a"])
+    assert_close(model(ids, cache=batch), model(ids), **FP32)
+    assert batch.span == (0, 8) and batch.slots is None and cache.block_tables["a"] == [0, 1]
+    model(prompt(b=1, t=3, seed=2), cache=cache.batch(["b"]))  # block 2
+    for _ in range(2):  # a: 9 and 10 tokens, its third block is 3
+        nxt = model(ids)[:, -1:].argmax(-1)
+        ids = torch.cat((ids, nxt), dim=1)
+        batch = cache.batch(["a"])
+        assert_close(model(nxt, cache=batch)[0, -1], model(ids)[0, -1], **FP32)
+        assert batch.span is None and batch.slots.shape == (1, ids.shape[1])
+    assert cache.block_tables["a"] == [0, 1, 3]
+    cache.free("a")
+    assert cache.allocator.allocate(3) == [0, 1, 3]  # last block freed first: handed out in ascending order
+
+
+def test_decode_inputs():
+    """What a compiled decode step reads and writes: one token reserved per sequence; slots and mask as `slots`
+    gives them (contiguous), the new tokens' slots and positions."""
+    cache = PagedKVCache(CONFIGS["gqa"], n_blocks=8, block_size=4)
+    cache.reserve(["a"], 5)
+    cache.reserve(["b"], 2)
+    slots, mask, new_slots, positions = cache.decode_inputs(["a", "b"])
+    assert cache.lengths == {"a": 6, "b": 3}
+    assert slots.tolist() == [[0, 1, 2, 3, 4, 5], [8, 8, 8, 8, 9, 10]] and slots.is_contiguous()
+    assert mask.tolist() == [[True] * 6, [False] * 3 + [True] * 3]
+    assert new_slots.tolist() == [5, 10] and positions.tolist() == [[5], [2]]
+
+
 def test_allocator():
     """A free list: allocation hands out free ids, exhaustion raises OutOfBlocksError taking none, free returns
     blocks that are handed out again, and freeing a block twice is an error."""

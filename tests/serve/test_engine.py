@@ -1,14 +1,15 @@
 """The continuous-batching engine against `llmlab.infer.generate.generate` (the single-request, contiguous-cache
 reference, itself equal to HF `generate`): the same prompt and SamplingParams give identical tokens, greedy and
-seeded sampling, alone and when batched with requests of other lengths that arrive and leave at other steps, with
-a cache so small that requests queue and get preempted. Log-probs against the reference's log-softmax (fp32,
-atol 1e-5). Text: a scripted model (greedy output fixed in advance) streams Chinese, emoji and stop strings, checked
-against tokenizer.decode and `truncate_at_stop` (exact).
+seeded sampling, alone and when batched with requests of other lengths that arrive and leave at other steps (eager
+and compile=True), with a cache so small that requests queue and get preempted. Log-probs against the reference's
+log-softmax (fp32, atol 1e-5). Text: a scripted model (greedy output fixed in advance) streams Chinese, emoji and
+stop strings, checked against tokenizer.decode and `truncate_at_stop` (exact).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -90,6 +91,31 @@ def test_continuous_batching_equals_alone(name):
     stats = engine.stats
     assert stats["requests_finished"] == len(REQUESTS) and stats["free_blocks"] == stats["total_blocks"]
     assert stats["tokens_generated"] == sum(len(tokens(e)) for e in events.values())
+
+
+@pytest.mark.parametrize("name", ["gqa", "sliding_window"])
+def test_compiled_decode_equals_eager(name):
+    """compile=True (decode steps as one torch.compile'd graph, dynamic shapes): the same requests arriving and
+    leaving at the same steps get exactly the tokens generate() gives each alone, greedy and seeded sampling."""
+    model = build(CONFIGS[name])
+    engine = Engine(model, None, max_batch_size=3, block_size=4, compile=True)
+    events, batch_sizes = run(engine, REQUESTS)
+    for i, (n, _, params) in enumerate(REQUESTS):
+        assert tokens(events[i]) == reference(model, prompt_of(n, i), params), f"request {i}"
+    assert {1, 2, 3} <= set(batch_sizes)
+    assert engine.stats["free_blocks"] == engine.stats["total_blocks"]
+
+
+def test_compile_failure_ends_requests_with_a_clear_error(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler\n  and a long traceback")
+
+    monkeypatch.setattr(importlib.import_module("llmlab.serve.model_runner"), "_compiled_step", broken)
+    engine = Engine(build(CONFIGS["gqa"]), None, block_size=4, compile=True)
+    events = list(engine.events(engine.submit(prompt_of(5, 0), SamplingParams(temperature=0, max_new_tokens=4))))
+    assert events[-1].finish_reason == "error" and "\n" not in events[-1].error
+    assert "no C++ compiler" in events[-1].error and "compile=False" in events[-1].error
+    assert engine.stats["free_blocks"] == engine.stats["total_blocks"]
 
 
 def test_full_cache_queues_and_preempts():

@@ -23,6 +23,8 @@ def serve(
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Sequences decoded together per step."),
     cache_blocks: int = typer.Option(None, "--cache-blocks", help="KV cache size in blocks (default: fits the batch)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    compile: bool = typer.Option(False, "--compile", help="Decode steps as one torch.compile'd graph: faster per "
+                                                          "token after seconds of compiling at the first requests."),
 ) -> None:
     import uvicorn
 
@@ -35,7 +37,7 @@ def serve(
     m = load_model(model)
     tok = find_tokenizer(model, m.cfg.vocab_size, tokenizer)
     name = model_name or model.resolve().name
-    engine = Engine(m, tok, max_batch_size=max_batch_size, cache_blocks=cache_blocks, device=device)
+    engine = Engine(m, tok, max_batch_size=max_batch_size, cache_blocks=cache_blocks, device=device, compile=compile)
     app = create_app(engine, tok, name, api_key=api_key, chat_template=load_chat_template(model))
     console.print(f"serving [bold]{name}[/] on {engine.device}: chat page http://{host}:{port}/ , "
                   f"API http://{host}:{port}/v1" + (" (API key required)" if api_key else ""), soft_wrap=True)

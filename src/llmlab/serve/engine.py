@@ -17,6 +17,10 @@ Memory is capped by `cache_blocks`: requests that fit the cache but not right no
 first served) and the newest running sequence is preempted when the others need its blocks; requests that could
 never fit (prompt + max_new_tokens beyond the context or the whole cache) are rejected at `submit` with an
 LlmlabError. An exception inside a forward pass ends the requests in it with finish_reason "error"; the engine goes on.
+
+compile=True (opt-in) runs each decode step as one torch.compile'd graph (`model_runner.py`), with dynamic shapes so
+that batches of any size and length reuse it; the first steps pay the compilation (seconds). A failed compilation
+ends the requests with finish_reason "error" and a message that says to run without compile.
 """
 
 from __future__ import annotations
