@@ -17,7 +17,8 @@ The model has random weights and a tokenizer trained on the bundled sonnets (`vo
 early at <|im_end|>: tokens are counted, not assumed. The load generator shares the process (and the GIL) with the
 server and the engine, which counts against our side. Every wait is bounded (start, each request, each level, stop);
 the server and engine are shut down in a `finally`.
-Run: `llmlab bench serve` (options: --preset, --concurrency, --requests-per-level, --max-tokens, --threads, --save).
+Run: `llmlab bench serve` (options: --preset, --concurrency, --requests-per-level, --max-tokens, --threads, --save);
+main(compile=True) serves with the engine's compiled decode step.
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ def hf_sequential(hf, prompt_ids: list[list[int]], max_tokens: int, stop_ids: li
 
 def main(preset: str = "tiny", concurrency: tuple[int, ...] = (1, 4, 16), requests_per_level: int = 32,
          max_tokens: int = 32, threads: int = 2, save: Path | None = None, vocab_size: int = VOCAB,
-         seed: int = 0) -> dict:
-    """`save`: a JSON file of runs; a run with the same settings already in it is replaced, others are kept."""
+         seed: int = 0, compile: bool = False) -> dict:
+    """`save`: a JSON file of runs; a run with the same settings already in it is replaced, others are kept.
+    compile: the engine decodes with compile=True (one torch.compile'd graph per step)."""
     import torch
     import transformers
     from rich.console import Console
@@ -162,11 +164,12 @@ def main(preset: str = "tiny", concurrency: tuple[int, ...] = (1, 4, 16), reques
     messages = prompts(requests_per_level)
     prompt_ids = [tokenizer.encode(template.render([{"role": "user", "content": m}]), allowed_special="all")
                   for m in messages]
-    engine = Engine(model, tokenizer, max_batch_size=max(concurrency), device="cpu")
+    engine = Engine(model, tokenizer, max_batch_size=max(concurrency), device="cpu", compile=compile)
 
     hf_sequential(hf, prompt_ids[:1], max_tokens, stop_ids)  # warm-up
     hf_passes: list[tuple[int, float]] = []
     levels = []
+    engine.warm_up()  # compile=True compiles its decode graphs here, as `llmlab serve --compile` does
     with serving(engine, tokenizer) as url:
         asyncio.run(load(url, messages[:1], 1, max_tokens))  # warm-up
         for c in concurrency:
@@ -193,7 +196,8 @@ def main(preset: str = "tiny", concurrency: tuple[int, ...] = (1, 4, 16), reques
     cfg = model.cfg
     table = Table(title=f"llmlab serve under load: random {preset} ({cfg.n_layers} layers, d={cfg.d_model}, vocab "
                         f"{tokenizer.vocab_size}), {requests_per_level} streaming chat requests per level, "
-                        f"max_tokens {max_tokens}, greedy, {threads} thread(s)")
+                        f"max_tokens {max_tokens}, greedy, {threads} thread(s)"
+                        + (", engine compile=True" if compile else ""))
     for col in ("clients", "tok/s", "req/s", "TTFT p50/p99 ms", "latency p50/p99 ms", "batch", "vs HF"):
         table.add_column(col, justify="right")
     for lv in levels:
@@ -209,7 +213,8 @@ def main(preset: str = "tiny", concurrency: tuple[int, ...] = (1, 4, 16), reques
                   f"{min(map(len, prompt_ids))}-{max(map(len, prompt_ids))} tokens")
 
     config = dict(preset=preset, vocab_size=tokenizer.vocab_size, concurrency=list(concurrency),
-                  requests_per_level=requests_per_level, max_tokens=max_tokens, threads=threads, seed=seed)
+                  requests_per_level=requests_per_level, max_tokens=max_tokens, threads=threads, seed=seed,
+                  compile=compile)
     run = {"config": config, "n_layers": cfg.n_layers, "d_model": cfg.d_model,
            "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "load_avg_1min": os.getloadavg()[0],
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
@@ -220,7 +225,7 @@ def main(preset: str = "tiny", concurrency: tuple[int, ...] = (1, 4, 16), reques
         save = Path(save)
         save.parent.mkdir(parents=True, exist_ok=True)
         saved = json.loads(save.read_text())["runs"] if save.exists() else []
-        saved = [r for r in saved if r["config"] != config] + [run]
+        saved = [r for r in saved if {"compile": False, **r["config"]} != config] + [run]  # older runs: eager
         save.write_text(json.dumps({"runs": saved}, indent=2) + "\n")
         console.print(f"saved {save}")
     return run

@@ -83,6 +83,7 @@ def test_generate_compile_equals_eager(run_dir, monkeypatch):
     assert compiled.stdout == streamed.stdout == eager.stdout == expected_text(
         run_dir, "Shall I compare thee", max_new_tokens=40, temperature=0.0) + "\n"
     assert calls == [False, True, True] and "tokens/s" in compiled.stderr
+    assert "s of it compiling" in compiled.stderr and "compiling" not in eager.stderr
 
 
 def test_generate_errors(run_dir):

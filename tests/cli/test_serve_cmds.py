@@ -28,9 +28,12 @@ def test_serve_passes_compile_to_the_engine(tmp_path, monkeypatch, flag):
     real = engine_module.Engine
     monkeypatch.setattr(engine_module, "Engine", lambda *a, **kw: engines.append(real(*a, **kw)) or engines[-1])
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
+    warmed = []
+    monkeypatch.setattr(real, "warm_up", lambda self: warmed.append(self))  # it compiles: tested in tests/serve
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "model"), "--port", "8123", "--max-batch-size", "4",
                                       *flag])
     assert result.exit_code == 0, result.output
     assert served == [{"host": "127.0.0.1", "port": 8123, "log_level": "info"}]
     assert engines[0].runner.compile == bool(flag) and engines[0].scheduler.max_batch_size == 4
+    assert warmed == ([engines[0]] if flag else [])  # --compile compiles before serving
     assert not engines[0].running  # stopped when the server returned

@@ -118,6 +118,20 @@ def test_compile_failure_ends_requests_with_a_clear_error(monkeypatch):
     assert engine.stats["free_blocks"] == engine.stats["total_blocks"]
 
 
+def test_warm_up_decodes_batches_of_one_and_two():
+    """warm_up (what `llmlab serve --compile` runs before serving) decodes at batch 1 and 2, whatever the model's
+    first token (eos included), then leaves the cache empty and the counters at zero."""
+    model = scripted_model([ByteTokenizer().eos_id] * 3)  # eos at once: without care, no decode step at all
+    engine = Engine(model, ByteTokenizer(), block_size=4)
+    batch_sizes = []
+    decode = engine.runner.decode
+    engine.runner.decode = lambda seqs: batch_sizes.append(len(seqs)) or decode(seqs)
+    engine.warm_up()
+    assert batch_sizes == [1, 2] and engine.eos_ids == {ByteTokenizer().eos_id}
+    stats = engine.stats
+    assert stats["tokens_generated"] == stats["steps"] == 0 and stats["free_blocks"] == stats["total_blocks"]
+
+
 def test_full_cache_queues_and_preempts():
     """8 blocks of 4 tokens, 6 requests at once: they wait, running ones get preempted (recomputed later), all
     finish with the tokens they get alone and no block stays allocated."""

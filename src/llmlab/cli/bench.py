@@ -137,7 +137,8 @@ def serve(
     max_tokens: int = typer.Option(32, min=1, help="max_tokens of each request."),
     threads: int = typer.Option(1, min=1, help="CPU threads (1 is steadier on a shared machine)."),
     save: Path = typer.Option(None, help="Add the run to this JSON file (e.g. benchmarks/results/serve-cpu.json)."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="Serve with the engine's compiled decode step."),
 ) -> None:
     load_benchmark("serve").main(preset=preset, concurrency=tuple(_ints(concurrency)),
                                  requests_per_level=requests_per_level, max_tokens=max_tokens, threads=threads,
-                                 save=save)
+                                 save=save, compile=compile)

@@ -38,6 +38,9 @@ def serve(
     tok = find_tokenizer(model, m.cfg.vocab_size, tokenizer)
     name = model_name or model.resolve().name
     engine = Engine(m, tok, max_batch_size=max_batch_size, cache_blocks=cache_blocks, device=device, compile=compile)
+    if compile:
+        console.print("compiling the decode step (batch 1, then larger batches) ...")
+        engine.warm_up()
     app = create_app(engine, tok, name, api_key=api_key, chat_template=load_chat_template(model))
     console.print(f"serving [bold]{name}[/] on {engine.device}: chat page http://{host}:{port}/ , "
                   f"API http://{host}:{port}/v1" + (" (API key required)" if api_key else ""), soft_wrap=True)

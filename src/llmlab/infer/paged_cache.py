@@ -4,9 +4,15 @@ A contiguous cache reserves max_len slots per sequence up front. Here a sequence
 tokens at a time as it grows, so at most one part-filled block per sequence is wasted, sequences of any length
 share one pool, and a finished sequence's blocks go straight back to the free list for the next request.
 Token i of a sequence lives in block `table[i // block_size]` at offset `i % block_size`.
+
+A forward gathers each sequence's K/V from its blocks (left-padded to the longest, newest token last); a lone
+sequence whose blocks are consecutive (as a request alone on an idle engine is: the lowest free blocks are handed
+out first) is read as a view of the pool instead, as the contiguous cache does.
 """
 
 from __future__ import annotations
+
+import heapq
 
 import torch
 from torch import Tensor
@@ -22,13 +28,14 @@ class OutOfBlocksError(CacheFullError):
 
 
 class BlockAllocator:
-    """A free list over block ids 0 .. n_blocks-1."""
+    """The free block ids 0 .. n_blocks-1, lowest first (a min-heap): a request alone on an idle pool gets consecutive
+    blocks as it grows, which `PagedBatch` reads as one view instead of gathering them."""
 
     def __init__(self, n_blocks: int) -> None:
         if n_blocks <= 0:
             raise LlmlabError(f"n_blocks={n_blocks} must be a positive integer")
         self.n_blocks = n_blocks
-        self._free = list(range(n_blocks - 1, -1, -1))  # a stack: hands out 0, 1, 2, ...; a freed block goes next
+        self._free = list(range(n_blocks))  # sorted, so already a heap
         self._used: set[int] = set()
 
     @property
@@ -36,10 +43,10 @@ class BlockAllocator:
         return len(self._free)
 
     def allocate(self, n: int) -> list[int]:
-        """n block ids, or OutOfBlocksError (and none taken) when fewer than n are free."""
+        """The n lowest free block ids, or OutOfBlocksError (and none taken) when fewer than n are free."""
         if n > len(self._free):
             raise OutOfBlocksError(f"need {n} KV cache blocks, {len(self._free)} of {self.n_blocks} are free")
-        blocks = [self._free.pop() for _ in range(n)]
+        blocks = [heapq.heappop(self._free) for _ in range(n)]
         self._used.update(blocks)
         return blocks
 
@@ -50,8 +57,8 @@ class BlockAllocator:
                 raise LlmlabError(f"block {b} is not allocated (freed twice?)")
             seen.add(b)
         self._used -= seen
-        # pushed last block first, so the next request gets them back in ascending order (consecutive: a slice)
-        self._free.extend(reversed(blocks))
+        for b in blocks:
+            heapq.heappush(self._free, b)
 
 
 class PagedKVCache:
@@ -184,7 +191,9 @@ class PagedBatch:
             # a lone request usually sits in consecutive blocks: its K/V are one slice of the pool, read as a view
             # and written by a slice copy, as in the contiguous KVCache (no slot tensors, no gather)
             self.span = (table[0] * self.cache.block_size, self.cache.lengths[self.seq_ids[0]])
+            self.slots = self.new_slots = self.mask = None
         else:
+            self.span = None
             self.slots, self.mask = self.cache.slots(self.seq_ids)
             self.new_slots = self.slots[:, -n_new:].reshape(-1)
         # positions in Python, one small tensor: cheaper than arange + broadcast on a per-token path

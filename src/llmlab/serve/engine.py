@@ -274,6 +274,19 @@ class Engine:
                 ids.append(event.token_id)
         return ids
 
+    def warm_up(self) -> None:
+        """Decode a request alone, then two together, so that compile=True compiles its two graphs (batch 1, larger
+        batches) now rather than at the first requests. Call before `start()`; the counters in `stats` restart."""
+        params = SamplingParams(max_new_tokens=2, temperature=0)
+        eos, self.eos_ids = self.eos_ids, frozenset()  # an eos as first token would end a request before decoding
+        try:
+            self.generate([0], params)
+            for request_id in [self.submit([0], params), self.submit([0], params)]:
+                list(self.events(request_id))
+        finally:
+            self.eos_ids = eos
+        self._counters = _Counters()
+
     # ----------------------------------------------------------------------------------------------------- steps
     def step(self) -> list[TokenEvent]:
         """One iteration: take in new and cancelled requests, schedule, prefill the admitted, decode the running.

@@ -31,7 +31,8 @@ class Choice:
 
 class ModelRunner:
     """compile=True: each decode step runs as one torch.compile'd graph with dynamic shapes (batch size and key
-    length change every step without recompiling); prefill stays eager."""
+    length change every step without recompiling: one graph for batch 1, one for larger batches); prefill stays
+    eager."""
 
     def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False) -> None:
         self.model, self.cache, self.compile = model, cache, compile
@@ -55,8 +56,17 @@ class ModelRunner:
         global _compiled_step
         slots, mask, new_slots, positions = self.cache.decode_inputs([s.request_id for s in seqs])
         ids = torch.tensor([[s.output_ids[-1]] for s in seqs], device=self.device)  # (B, 1)
+        # two graphs in all: batch 1 (dynamo specializes sizes 0 and 1) without a mask, and any larger batch with
+        # one (all True when no row is padded), its batch size and key length symbolic and the rest static
+        # (dynamic=True made the pools' sizes symbolic too, and a batch equal to n_kv_heads got a graph of its own)
+        torch._dynamo.mark_dynamic(slots, 1)
+        if len(seqs) > 1:
+            mask = torch.ones_like(slots, dtype=torch.bool) if mask is None else mask
+            torch._dynamo.mark_dynamic(mask, 1)
+            for t in (ids, slots, mask, new_slots, positions):
+                torch._dynamo.mark_dynamic(t, 0)
         if _compiled_step is None:
-            _compiled_step = torch.compile(_decode_step, dynamic=True)
+            _compiled_step = torch.compile(_decode_step)
         try:
             logits = _compiled_step(self.model, list(self.cache.flat_k), list(self.cache.flat_v), ids, slots, mask,
                                     new_slots, positions)
@@ -99,9 +109,9 @@ def _decode_step(model: Transformer, k: list[Tensor], v: list[Tensor], ids: Tens
     return model(ids, cache=GraphPagedBatch(k, v, slots, mask, new_slots, positions))[:, -1]
 
 
-# torch.compile(_decode_step), made at the first compiled decode. Dynamic shapes: a graph for batch 1 and one for
-# larger batches (with and without padding), not one per (batch, length); fixed shapes padded to batch buckets
-# and max_seq_len keys were 2-3x slower than eager at 16 concurrent requests (every row read all max_seq_len keys)
+# torch.compile(_decode_step), made at the first compiled decode. Dynamic shapes rather than fixed ones (batches
+# padded to buckets 1/2/4/8/16, max_seq_len keys per row): those were 2-3x slower than eager at 16 concurrent
+# requests on the tiny preset, every row reading all max_seq_len keys
 _compiled_step = None
 
 
