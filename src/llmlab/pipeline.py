@@ -227,8 +227,7 @@ def posttrain(out: Path, base_dir: Path, stages: Stages, report: RunReport, cfg:
         if stages.finished(name, settings) and (model_dir / "model_config.json").is_file():
             report.reused.append(name)
             console.print(f"reusing {model_dir}")
-            seconds[name] = settings.get("seconds", math.nan)
-            return
+            return  # no time of its own: the table shows "-"
         t0 = time.perf_counter()
         train()
         seconds[name] = time.perf_counter() - t0
@@ -304,14 +303,14 @@ def measure_chat_model(model_dir: Path, tasks: list[dict], pairs: list[dict], de
     pref_accuracy    how often the right answer of a held-out pair gets more log-probability than its corruption,
                      log p(chosen) > log p(rejected) (what DPO raises)."""
     from llmlab.posttrain.chat_data import GRADED, grade
-    from llmlab.posttrain.sft import held_out_accuracy, load_chat_model
+    from llmlab.posttrain.sft import chat_accuracy, load_chat_model
     from llmlab.posttrain.train_dpo import encode_pair, preference_metrics
     from llmlab.posttrain.train_grpo import rollout
 
-    acc = held_out_accuracy(model_dir, tasks, max_new_tokens=24, device=device)
-    out = {"accuracy": acc["accuracy"], "n": acc["n"], "per_task": acc["per_task"]}
     cm = load_chat_model(model_dir)
     cm.model.to(resolve_device(device))
+    acc = chat_accuracy(cm, tasks, max_new_tokens=24)
+    out = {"accuracy": acc["accuracy"], "n": acc["n"], "per_task": acc["per_task"]}
     graded = [ex for ex in tasks if ex.get("meta", {}).get("task") in GRADED]
     gen = torch.Generator(device=next(cm.model.parameters()).device).manual_seed(seed)
     hits = 0

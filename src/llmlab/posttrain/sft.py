@@ -384,10 +384,12 @@ def held_out_accuracy(model_dir: str | Path, examples: Sequence[Mapping], max_ne
                       device: str = "cpu") -> dict:
     """Greedy-decode the graded examples' prompts with MODEL and `grade` each answer (text before the end of
     turn): {"accuracy", "n", "per_task", "samples"}. Chit-chat and records without meta are left out."""
-    from llmlab.model.io import load_model
-    from llmlab.tokenizer import find_tokenizer
+    cm = load_chat_model(model_dir)
+    cm.model.to(resolve_device(device))
+    return chat_accuracy(cm, examples, max_new_tokens)
 
-    model = load_model(model_dir).to(resolve_device(device))
-    tokenizer = find_tokenizer(model_dir, model.cfg.vocab_size)
+
+def chat_accuracy(cm: ChatModel, examples: Sequence[Mapping], max_new_tokens: int = 24) -> dict:
+    """held_out_accuracy for a chat model already loaded (on its device)."""
     graded = [ex for ex in examples if ex.get("meta", {}).get("task") in GRADED]
-    return _accuracy(model, tokenizer, load_chat_template(model_dir), graded, max_new_tokens)
+    return _accuracy(cm.model, cm.tokenizer, cm.template, graded, max_new_tokens)
