@@ -5,12 +5,6 @@ API must return the same lines. Without Chromium or Playwright the browser test 
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,10 +14,9 @@ from llmlab.drills import workspace as ws
 from llmlab.drills.bank import all_drills
 from llmlab.drills.grader import format_report, grade
 from llmlab.drills.web import CSRF_HEADER, create_app
+from llmlab.serve.background import app_in_background
+from tests.browser import chromium
 
-CHROMIUM = os.environ.get("LLMLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 60_000
 RIGHT = ("import torch\n\n\ndef softmax(x, dim=-1):\n    e = (x - x.amax(dim, keepdim=True)).exp()\n"
          "    return e / e.sum(dim, keepdim=True)\n")
@@ -70,45 +63,13 @@ def test_api_refuses_unknown_drills_foreign_hosts_and_cross_site_posts(client, t
     assert not list(tmp_path.glob("*.py"))
 
 
-@contextmanager
 def serving(workspace: Path):
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(workspace), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}: CI must run the browser test (apt-get install chromium; pip install playwright)")
-    pytest.skip(reason)
+    return app_in_background(create_app(workspace), start_timeout=20)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.isfile(CHROMIUM):
-        unavailable(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set LLMLAB_CHROMIUM)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("the playwright Python package is not installed")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, timeout=TIMEOUT_MS)
-        yield b
-        b.close()
+    yield from chromium(TIMEOUT_MS)
 
 
 def test_page_checks_a_solution(browser, tmp_path):

@@ -8,40 +8,20 @@ skips locally and fails under CI (the CI image installs Debian's `chromium`).
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import httpx
 import pytest
 
 from llmlab.serve.engine import Engine
+from tests.browser import chromium
 from tests.serve.live_server import MODEL_NAME, serving, tiny_model, tiny_tokenizer
 
-CHROMIUM = os.environ.get("LLMLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 30_000
 MESSAGE = "Shall I compare thee to a summer's day?"
 
 
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}: CI must run the browser test (apt-get install chromium; pip install playwright)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.isfile(CHROMIUM):
-        unavailable(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set LLMLAB_CHROMIUM)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("the playwright Python package is not installed")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, timeout=TIMEOUT_MS)
-        yield b
-        b.close()
+    yield from chromium(TIMEOUT_MS)
 
 
 @pytest.fixture(scope="module")

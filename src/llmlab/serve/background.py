@@ -10,19 +10,15 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def serve_in_background(engine, tokenizer, model_name: str, *, api_key: str | None = None,
-                        start_timeout: float = 30.0) -> Iterator[str]:
-    """Start the engine and uvicorn for the `with` block; yields the base URL. Both stop however the block ends."""
+def app_in_background(app, start_timeout: float = 30.0) -> Iterator[str]:
+    """Run an ASGI app under uvicorn in a thread for the `with` block; yields the base URL. It stops however the
+    block ends."""
     import uvicorn
 
-    from llmlab.serve.api import create_app
-
-    app = create_app(engine, tokenizer, model_name, api_key=api_key)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # the OS picks a free port; loopback only
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    engine.start()
     thread.start()
     try:
         deadline = time.monotonic() + start_timeout
@@ -34,5 +30,19 @@ def serve_in_background(engine, tokenizer, model_name: str, *, api_key: str | No
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        engine.stop()
         sock.close()
+
+
+@contextmanager
+def serve_in_background(engine, tokenizer, model_name: str, *, api_key: str | None = None,
+                        start_timeout: float = 30.0) -> Iterator[str]:
+    """Start the engine and the API for the `with` block; yields the base URL. Both stop however the block ends."""
+    from llmlab.serve.api import create_app
+
+    app = create_app(engine, tokenizer, model_name, api_key=api_key)
+    engine.start()
+    try:
+        with app_in_background(app, start_timeout) as url:
+            yield url
+    finally:
+        engine.stop()
