@@ -87,6 +87,9 @@ class Drill:
         hidden = self.hidden(torch.Generator().manual_seed(seed))
         return [*self.examples(), *hidden]
 
+    def tolerance(self, dtype: torch.dtype) -> tuple[float, float]:
+        return self.tol.get(dtype, DEFAULT_TOL.get(dtype, (0.0, 0.0)))
+
     def solution_source(self) -> str:
         objs = self.sources or (self.reference,)
         parts = [f"# {o.__module__}.{o.__qualname__}\n{inspect.getsource(o)}" for o in objs]
@@ -228,7 +231,6 @@ def _grade_case(drill: Drill, i: int, case: Case, result: dict[str, Any] | None)
         return CaseResult(i, case, False, "not run")
     if "error" in result:
         return CaseResult(i, case, False, "raised:\n" + result["error"].rstrip())
-    atol, rtol = drill.tol.get(case.dtype, DEFAULT_TOL.get(case.dtype, (0.0, 0.0)))
     meta = run_case(drill.reference, case.inputs)
     ref = run_case(drill.reference, _to64(case.inputs), drill.grad)
     for r in (meta, ref):
@@ -238,8 +240,11 @@ def _grade_case(drill: Drill, i: int, case: Case, result: dict[str, Any] | None)
     meta_out, want = meta["out"], ref["out"]
     if drill.compare_as is not None:
         meta_out, want, got = drill.compare_as(meta_out), drill.compare_as(want), _safe(drill.compare_as, got)
-    msg = compare(meta_out, want, got, (atol, rtol))
+    # the output is held to its own dtype's tolerance (a float32 loss of bf16 logits must be float32-accurate);
+    # gradients, which have the inputs' dtype, to the inputs'
+    msg = compare(meta_out, want, got, drill.tolerance(_output_dtype(meta_out, case.dtype)))
     if msg is None and drill.grad:
+        atol, rtol = drill.tolerance(case.dtype)
         gtol = (atol * GRAD_TOL_FACTOR, rtol * GRAD_TOL_FACTOR)
         for name in drill.grad:
             w, g = ref["grads"].get(name), result["grads"].get(name)
@@ -252,6 +257,13 @@ def _grade_case(drill: Drill, i: int, case: Case, result: dict[str, Any] | None)
             if msg:
                 break
     return CaseResult(i, case, msg is None, msg or "", result.get("seconds", 0.0))
+
+
+def _output_dtype(out: Any, default: torch.dtype) -> torch.dtype:
+    """The least precise floating dtype among the reference's output tensors; `default` when there is none."""
+    tensors = out if isinstance(out, (tuple, list)) else [out]
+    dtypes = [t.dtype for t in tensors if isinstance(t, Tensor) and t.is_floating_point()]
+    return max(dtypes, key=lambda d: torch.finfo(d).eps) if dtypes else default
 
 
 def _safe(fn: Callable, x: Any) -> Any:
