@@ -30,6 +30,7 @@ from llmlab.errors import LlmlabError
 from llmlab.eval.baselines import uniform_loss, unigram_loss
 from llmlab.infer.generate import generate
 from llmlab.model.io import atomic_write, load_model
+from llmlab.model.presets import preset
 from llmlab.tokenizer import load_tokenizer, train_tokenizer
 from llmlab.train.checkpoint import latest_checkpoint
 from llmlab.train.loop import TrainConfig, pretrain, resolve_device
@@ -129,6 +130,9 @@ def tokenizer_sample(inputs: list[Path], n_bytes: int, seed: int) -> list[str]:
 
 def run(cfg: RunConfig, console: Console | None = None) -> RunReport:
     console = console or Console()
+    # a bad preset, style or backend is a one-line error now, not after fetching and preparing the data
+    overrides = {"attn_backend": cfg.backend} if cfg.backend else {}
+    preset(cfg.preset, cfg.style, vocab_size=cfg.vocab_size, **overrides)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out)
@@ -178,7 +182,6 @@ def run(cfg: RunConfig, console: Console | None = None) -> RunReport:
     # 4. pretraining: resumes from the last checkpoint when the run dir already holds one
     console.rule("[bold]4. pretrain")
     model_dir = out / "model"
-    overrides = {"attn_backend": cfg.backend} if cfg.backend else {}
     train_cfg = TrainConfig(data=str(data_dir), out_dir=str(model_dir), tokenizer=str(tok_dir), preset=cfg.preset,
                             style=cfg.style, model_overrides=overrides, batch_size=cfg.batch_size,
                             seq_len=cfg.seq_len, max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.lr / 10,

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from llmlab.cli.main import main
 from llmlab.model.io import load_model
 
@@ -20,10 +22,13 @@ def test_run_writes_a_loadable_run_dir(tmp_path, capsys):
     assert "d_model" in capsys.readouterr().out
 
 
-def test_bad_preset_is_one_line(tmp_path, capsys):
-    assert main([*TINY_RUN, "--preset", "huge", "--out", str(tmp_path)]) == 2
+@pytest.mark.parametrize(("flag", "value"), [("--preset", "huge"), ("--style", "gpt5"), ("--backend", "fast")])
+def test_bad_model_choice_is_one_line_before_any_stage(tmp_path, capsys, flag, value):
+    """Checked before the corpus is fetched or the tokenizer trained: the run directory stays empty."""
+    assert main([*TINY_RUN, flag, value, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "preset" in err and "\n" not in err
+    assert err.startswith("error:") and value in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_model_dir_is_one_line(tmp_path, capsys):

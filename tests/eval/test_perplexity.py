@@ -251,11 +251,12 @@ def test_cli_uses_the_run_dirs_tokenizer(run_dir):
 
 
 def test_cli_errors_are_one_line(run_dir, models):
-    """Reference: none; missing file, wrong suffix, bad stride, and a model without a usable tokenizer each raise
-    one LlmlabError line (main() prints it and exits 2)."""
+    """Reference: none; missing file, a directory, wrong suffix, bad stride, and a model without a usable tokenizer
+    each raise one LlmlabError line (main() prints it and exits 2)."""
     model = str(run_dir / "run")
     (run_dir / "data.csv").write_text("a,b\n")
     cases = [(["--data", str(run_dir / "nope.txt")], "no such file"),
+             (["--data", str(run_dir)], "is a directory"),
              (["--data", str(run_dir / "data.csv")], "expected a .txt or .jsonl"),
              (["--data", str(run_dir / "poem.txt"), "--stride", "64"], "stride=64"),
              (["--data", str(run_dir / "poem.txt"), "--stride", "0"], "stride=0")]

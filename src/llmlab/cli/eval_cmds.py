@@ -61,6 +61,8 @@ def read_eval_text(path: Path) -> str:
     """A .txt file whole, or a .jsonl file's "text" fields joined by blank lines (as the HF guide joins WikiText)."""
     from llmlab.data.load import JSONL_SUFFIXES, TEXT_SUFFIXES, read_jsonl, read_text
 
+    if path.is_dir():
+        raise LlmlabError(f"--data {path} is a directory: give a .txt or .jsonl file")
     if not path.is_file():
         raise LlmlabError(f"--data {path}: no such file")
     suffix = path.suffix.lower()

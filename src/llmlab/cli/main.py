@@ -26,8 +26,8 @@ from llmlab.train import distributed
 
 app = typer.Typer(help="llmlab: LLM techniques from scratch, proven equal to the references.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-app.command("run", help="The main job: build a model from a preset, train briefly on real text, report.")(
-    run_cmd.run)
+app.command("run", help="The main job, the whole pipeline on a preset: corpus, tokenizer, data, pretraining, "
+                        "evaluation, SFT, DPO, GRPO, post-training evaluation.")(run_cmd.run)
 app.command("pretrain", help="Pretrain a model on token shards: progress, val loss, samples, checkpoints, --resume.")(
     pretrain_cmds.pretrain)
 app.command("generate", help="Generate text from MODEL (run dir or HF dir); --stream prints tokens as they come.")(

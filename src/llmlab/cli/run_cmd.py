@@ -17,7 +17,7 @@ console = Console()
 def run(
     preset: str = typer.Option("tiny", help="Model size: tiny, small, gpt2-124m."),
     style: str = typer.Option(None, help="Model family: gpt2, llama, mistral, qwen2 (default per preset)."),
-    out: Path = typer.Option(Path("runs/tiny"), help="Run directory; rerunning reuses finished stages."),
+    out: Path = typer.Option(None, help="Run directory (default: runs/PRESET); rerunning reuses finished stages."),
     input: list[Path] = typer.Option(None, "--input", help="Text/JSONL files instead of the default corpus."),
     vocab_size: int = typer.Option(4096, min=300, help="BPE vocabulary size."),
     steps: int = typer.Option(1200, min=1, help="Pretraining steps."),
@@ -31,6 +31,7 @@ def run(
     dpo_steps: int = typer.Option(150, min=0, help="DPO steps from the SFT model (0: skip)."),
     grpo_steps: int = typer.Option(60, min=0, help="GRPO steps from the SFT model (0: skip)."),
 ) -> None:
+    out = Path("runs") / preset if out is None else out
     cfg = RunConfig(out_dir=str(out), inputs=[str(p) for p in input] if input else None, vocab_size=vocab_size,
                     preset=preset, style=style, backend=backend, batch_size=batch_size, seq_len=seq_len,
                     max_steps=steps, lr=lr, eval_interval=max(steps // 6, 1), seed=seed, device=device,
