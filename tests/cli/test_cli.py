@@ -68,3 +68,13 @@ def test_export_hf_loads_in_transformers(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(ours(x), hf.eval()(x).logits, atol=1e-5, rtol=1e-5)
     assert main(["info", str(hf_dir)]) == 0  # every command takes an HF dir as well
+
+
+def test_help_keeps_bracketed_defaults(capsys):
+    """Help text is not parsed as rich markup, which would swallow "[cosine]" and "[default: runs/pretrain]"."""
+    try:
+        main(["pretrain", "--help"])
+    except SystemExit:
+        pass
+    out = " ".join(capsys.readouterr().out.split())
+    assert "[cosine]" in out and "[default: runs/pretrain]" in out

@@ -9,7 +9,7 @@ import typer
 
 from llmlab.errors import LlmlabError
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)  # help text is plain: "[8]" is a default, not markup
 
 
 def load_benchmark(name: str):

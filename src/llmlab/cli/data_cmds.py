@@ -12,7 +12,7 @@ from llmlab.cli.judge_cmds import judge
 from llmlab.cli.posttrain_cmds import data_prefs, data_sft
 from llmlab.errors import LlmlabError
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)  # help text is plain: "[8]" is a default, not markup
 out = Console()
 
 

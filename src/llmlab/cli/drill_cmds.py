@@ -13,7 +13,7 @@ from llmlab.drills import workspace as ws
 from llmlab.drills.bank import all_drills, get_drill
 from llmlab.drills.progress import Progress
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)  # help text is plain: "[8]" is a default, not markup
 console = Console(highlight=False)
 
 DIR_OPT = typer.Option(Path("llmlab-drills"), "--dir", envvar="LLMLAB_DRILL_DIR",

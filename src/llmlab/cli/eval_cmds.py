@@ -15,7 +15,7 @@ from llmlab.eval.perplexity import evaluate_text
 from llmlab.model.io import load_model
 from llmlab.tokenizer import find_tokenizer
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)  # help text is plain: "[8]" is a default, not markup
 console = Console()
 
 

@@ -25,7 +25,8 @@ from llmlab.errors import LlmlabError
 from llmlab.train import distributed
 
 app = typer.Typer(help="llmlab: LLM techniques from scratch, proven equal to the references.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)  # help text is plain: "[default: 8]" is a default, not rich markup
 app.command("run", help="The main job, the whole pipeline on a preset: corpus, tokenizer, data, pretraining, "
                         "evaluation, SFT, DPO, GRPO, post-training evaluation.")(run_cmd.run)
 app.command("pretrain", help="Pretrain a model on token shards: progress, val loss, samples, checkpoints, --resume.")(

@@ -15,7 +15,7 @@ from llmlab.tokenizer import ByteTokenizer, load_tokenizer, train_tokenizer
 from llmlab.tokenizer.bpe import bytes_per_token
 
 console = Console()
-app = typer.Typer(no_args_is_help=True, help="Train and use byte-level BPE tokenizers.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Train and use byte-level BPE tokenizers.")
 HELD_OUT = 0.1  # the last 10% of the text (cut at a line end) measures compression and is not trained on
 
 
