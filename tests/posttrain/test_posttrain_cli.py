@@ -62,14 +62,18 @@ def test_ppo_verifiable_reward_and_resume(data, tmp_path):
     assert steps == [1, 2]
 
 
-@pytest.mark.parametrize("loss", ["dpo", "ipo", "simpo"])
-def test_dpo_losses(data, tmp_path, loss):
+@pytest.mark.parametrize("loss, extra", [("dpo", ["--label-smoothing", 0.1]), ("ipo", []), ("simpo", []),
+                                         ("dpo", ["--rpo-alpha", 0.5]), ("orpo", []), ("kto", [])],
+                         ids=["cdpo", "ipo", "simpo", "rpo", "orpo", "kto"])
+def test_dpo_losses(data, tmp_path, loss, extra):
     base, _, prefs = data
     out = invoke("dpo", base, "--data", prefs, "--out", tmp_path / "dpo", "--loss", loss, "--beta", 0.2, "--steps", 1,
-                 "--batch-size", 4, "--label-smoothing", 0.1 if loss == "dpo" else 0.0)
+                 "--batch-size", 4, *extra)
     assert "reference forward passes" in out and "held-out preference accuracy" in out
-    assert json.loads((tmp_path / "dpo" / "dpo_metrics.json").read_text())["loss"] == \
-        ("sigmoid" if loss == "dpo" else loss)
+    assert "NLL per chosen completion token" in out and ("none (orpo is reference-free)" in out) == (loss == "orpo")
+    metrics = json.loads((tmp_path / "dpo" / "dpo_metrics.json").read_text())
+    assert metrics["loss"] == ("sigmoid" if loss == "dpo" else loss)
+    assert metrics["rpo_alpha"] == (0.5 if "--rpo-alpha" in extra else 0.0)
 
 
 def test_grpo(data, tmp_path):
@@ -83,6 +87,8 @@ def test_grpo(data, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["reward", "{base}", "--data", "missing.jsonl", "--out", "{tmp}/o"], "--data missing.jsonl: no such file"),
     (["dpo", "{base}", "--data", "{prefs}", "--out", "{tmp}/o", "--loss", "kpo"], "--loss 'kpo' must be one of dpo, "),
+    (["dpo", "{base}", "--data", "{prefs}", "--out", "{tmp}/o", "--loss", "orpo", "--rpo-alpha", "0.5"],
+     "orpo already has an NLL term"),
     (["grpo", "{tmp}/no-model", "--data", "{tasks}", "--out", "{tmp}/o"], "no-model does not exist"),
     (["ppo", "{base}", "--data", "{tasks}", "--out", "{tmp}/o", "--batch-size", "2"],
      "minibatch_size=8 must be <= batch_size=2"),

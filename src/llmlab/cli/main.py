@@ -40,8 +40,8 @@ app.command("sft", help="Fine-tune MODEL on chat data, loss on assistant tokens 
     posttrain_cmds.sft)
 app.command("reward", help="Train a reward model on preference pairs: MODEL + a scalar head, Bradley-Terry loss.")(
     posttrain_cmds.reward)
-app.command("dpo", help="Preference-tune MODEL on pairs (DPO, IPO, SimPO, ...) against its frozen copy.")(
-    posttrain_cmds.dpo)
+app.command("dpo", help="Preference-tune MODEL on pairs against its frozen copy: DPO, IPO, SimPO, RPO "
+                        "(--rpo-alpha), KTO; or ORPO, without one.")(posttrain_cmds.dpo)
 app.command("grpo", help="GRPO on tasks with checkable answers: group-normalized rewards, k3 KL to the start.")(
     posttrain_cmds.grpo)
 app.command("ppo", help="RLHF with PPO: value model, per-token KL to the SFT start, GAE; task or --reward-model.")(

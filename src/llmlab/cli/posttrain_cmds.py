@@ -12,7 +12,7 @@ from rich.table import Table
 from llmlab.errors import ConfigError, LlmlabError
 
 console = Console()
-chat_data_app = typer.Typer(no_args_is_help=True)
+chat_data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)  # plain help: "[8]" is a default
 
 
 def _tasks(text: str) -> list[str] | None:
@@ -189,9 +189,14 @@ def dpo(
                              "`llmlab data prefs` (its val.jsonl is the validation set), or an HF dataset."),
     out: str = typer.Option(..., "--out", help="Run directory to write (model, tokenizer/, dpo_metrics.json)."),
     val: str = typer.Option(None, "--val", help="Validation pairs, same forms as --data."),
-    loss: str = typer.Option("dpo", "--loss", help="dpo (= sigmoid), or another loss of llmlab.posttrain.train_dpo "
-                             "(robust, hinge, ipo, simpo, ...)."),
-    beta: float = typer.Option(0.1, "--beta", help="beta: the implicit reward's scale (the KL strength)."),
+    loss: str = typer.Option("dpo", "--loss", help="dpo (= sigmoid), robust, hinge, ipo, simpo (a reference-free "
+                             "loss), orpo (reference-free: SFT NLL + beta * odds-ratio term), or kto (each pair "
+                             "unpaired: chosen desirable, rejected undesirable)."),
+    beta: float = typer.Option(0.1, "--beta", help="beta: the implicit reward's scale (the KL strength); for orpo "
+                               "the odds-ratio term's weight lambda."),
+    rpo_alpha: float = typer.Option(0.0, "--rpo-alpha", help="RPO: add this times the NLL per chosen completion "
+                                    "token to a pairwise loss (dpo, robust, hinge, ipo, simpo; not orpo, which has "
+                                    "one, nor kto): keeps the chosen answers likely. 0 = off."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Share of flipped labels assumed (cDPO, "
                                           "robust DPO, SimPO)."),
     simpo_gamma: float = typer.Option(0.5, "--simpo-gamma", help="SimPO's target reward margin gamma."),
@@ -210,16 +215,19 @@ def dpo(
         raise ConfigError(f"--loss {loss!r} must be one of {', '.join(names)}")
     r = train_dpo(model, _source(data, "--data"), out, beta=beta, loss=names[loss], steps=steps, lr=lr,
                   batch_size=batch_size, val_data=_source(val, "--val"), label_smoothing=label_smoothing,
-                  simpo_gamma=simpo_gamma, max_len=max_len, seed=seed, on_error="skip" if skip_bad else "raise",
-                  device=device)
-    t = _table(f"llmlab dpo --loss {loss} -> {r.out_dir}")
+                  simpo_gamma=simpo_gamma, rpo_alpha=rpo_alpha, max_len=max_len, seed=seed,
+                  on_error="skip" if skip_bad else "raise", device=device)
+    t = _table(f"llmlab dpo --loss {loss}" + (f" --rpo-alpha {rpo_alpha:g}" if rpo_alpha else "") + f" -> {r.out_dir}")
     t.add_row("pairs train / val", f"{r.train_pairs:,} / {r.val_pairs:,}")
-    t.add_row("reference forward passes (log-probs cached once)", f"{r.reference_forward_calls:,}")
+    t.add_row("reference forward passes (log-probs cached once)",
+              "none (orpo is reference-free)" if r.loss == "orpo" else f"{r.reference_forward_calls:,}")
     when, span = _first_last(r.losses, "{:.4f}")
     t.add_row(f"loss ({when})", span)
+    t.add_row(f"NLL per chosen completion token ({when})", _first_last(r.chosen_nll, "{:.4f}")[1])
     if r.val_after:
         b, a = r.val_before, r.val_after
-        t.add_row("held-out implicit reward chosen / rejected (after)",
+        reward = "reward beta * mean token log-prob" if r.loss == "orpo" else "implicit reward"
+        t.add_row(f"held-out {reward} chosen / rejected (after)",
                   f"{a['reward_chosen']:+.3f} / {a['reward_rejected']:+.3f}")
         t.add_row("held-out reward margin (before -> after)", f"{b['margin']:+.3f} -> {a['margin']:+.3f}")
         t.add_row("held-out preference accuracy (before -> after)", f"{b['accuracy']:.1%} -> {a['accuracy']:.1%}")

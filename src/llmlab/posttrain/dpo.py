@@ -1,4 +1,5 @@
-"""Offline preference losses on sequence log-probs: DPO (+ cDPO, robust), hinge, IPO, KTO, ORPO, SimPO.
+"""Offline preference losses on sequence log-probs: DPO (+ cDPO, robust), hinge, IPO, KTO, ORPO, SimPO, and the
+NLL term that RPO adds to them.
 
 Inputs are summed completion log-probs (B,) unless a name says `avg` (mean per completion token). Each function
 returns the per-example loss (B,); the training loss is its mean. Reference log-probs can be computed once and cached.
@@ -9,6 +10,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from llmlab.posttrain.ppo import masked_mean
+
+
+def chosen_nll(token_logps: Tensor, mask: Tensor) -> Tensor:
+    """-sum(log p * mask) / sum(mask): NLL per token pooled over the whole batch (a token mean, not a mean of
+    per-sequence means), as TRL 1.16 computes DPO's loss_type='sft' and ORPO's / CPO's CrossEntropyLoss.
+    token_logps, mask (B, T): the chosen rows' next-token log-probs and the tokens to score.
+
+    RPO (Pang et al. 2024) adds alpha times this, on the chosen completion, to the DPO loss; TRL 1.16 writes it as
+    loss_type=['sigmoid', 'sft'], loss_weights=[1, alpha] (formerly `rpo_alpha`). The paper length-normalizes each
+    sequence instead; the two agree when the chosen completions have equal lengths."""
+    return -masked_mean(token_logps, mask.to(token_logps.dtype))
 
 
 def _margin(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor) -> Tensor:
