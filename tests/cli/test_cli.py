@@ -70,6 +70,26 @@ def test_export_hf_loads_in_transformers(tmp_path, capsys):
     assert main(["info", str(hf_dir)]) == 0  # every command takes an HF dir as well
 
 
+def test_export_without_native_family_says_trust_remote_code(tmp_path, capsys):
+    """`llmlab export` of an ALiBi run dir (no native HF family): says so and prints the trust_remote_code=True
+    call, which loads it with the same logits (fp32, 1e-5)."""
+    import torch
+
+    from llmlab import Transformer, TransformerConfig, save_model
+    transformers = pytest.importorskip("transformers")
+    cfg = TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16,
+                            position="alibi")
+    run_dir, hf_dir = save_model(Transformer(cfg), tmp_path / "run"), tmp_path / "hf"
+    assert main(["export", str(run_dir), "--format", "hf", "--out", str(hf_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "llmlab remote code" in out
+    assert f"AutoModelForCausalLM.from_pretrained({str(hf_dir)!r}, trust_remote_code=True)" in out
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True)
+    x = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(run_dir)(x), hf.eval()(x).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_help_keeps_bracketed_defaults(capsys):
     """Help text is not parsed as rich markup, which would swallow "[cosine]" and "[default: runs/pretrain]"."""
     try:

@@ -122,6 +122,28 @@ def test_chat_keeps_history_and_ends_cleanly(run_dir, monkeypatch):
     assert eof.exit_code == 0 and eof.stdout.count("> ") == 2
 
 
+def test_chat_compile_equals_eager(run_dir, dynamo_counters, monkeypatch):
+    """--compile: the engine's decode step is compiled before the first message (one graph, its time reported apart
+    on stderr) and the greedy replies are those of the eager engine; a failed compilation is a one-line error."""
+    args = ["chat", str(run_dir), "--max-new-tokens", "12", "--temperature", "0"]
+    lines = "Hello\nHow are you?\n"
+    eager = runner.invoke(app, args, input=lines)
+    compiled = runner.invoke(app, [*args, "--compile"], input=lines)
+    assert eager.exit_code == compiled.exit_code == 0, compiled.output
+    assert compiled.stdout == eager.stdout and eager.stdout.count("> ") == 3  # two replies, then end of input
+    assert "s]" in compiled.stderr.splitlines()[-1] and "compil" not in eager.stderr
+    assert dict(dynamo_counters["graph_break"]) == {} and dynamo_counters["stats"]["unique_graphs"] == 1
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor failed\n  a long\n  traceback")
+
+    monkeypatch.setattr(importlib.import_module("llmlab.serve.model_runner"), "_compiled_step", broken)
+    failed = runner.invoke(app, [*args, "--compile"], input=lines)
+    assert isinstance(failed.exception, LlmlabError) and "\n" not in str(failed.exception)
+    assert "inductor failed" in str(failed.exception) and "compile=False" in str(failed.exception)
+    assert "> " not in failed.stdout  # it failed before the first message
+
+
 def test_chat_drops_old_turns_to_fit_the_context(run_dir):
     """A conversation longer than the context loses its oldest turns; a message that alone does not fit is
     refused with a note and the chat goes on."""

@@ -4,6 +4,7 @@ Reference: the eager `generate` (itself equal to HF `generate`, tests/infer/test
 model and prompt: identical tokens, greedy and sampled (same seed), with and without left padding, and past
 max_seq_len (where the context slides and is re-prefilled). Per-step log-probs agree to fp32 tolerance
 (atol 1e-5): attending over the whole capacity with masked keys sums in another order than over a slice.
+Graph breaks and graphs: torch._dynamo's own counters, from a fresh start (the `dynamo_counters` fixture).
 """
 
 from __future__ import annotations
@@ -34,6 +35,31 @@ def model() -> Transformer:
 
 def prompt(b: int, t: int) -> torch.Tensor:
     return torch.randint(0, V, (b, t), generator=torch.Generator().manual_seed(1))
+
+
+# learned and sinusoidal positions once read max(position_ids) on the host: a graph break (an item() call), and a
+# new graph at each step, the max being a new Python int every time
+POSITION_CONFIGS = {
+    "learned": dict(style="gpt2"),
+    "sinusoidal": dict(style="gpt2", position="sinusoidal"),
+    "alibi": dict(position="alibi"),
+    "rope": dict(),
+}
+
+
+@pytest.mark.parametrize("position", list(POSITION_CONFIGS))
+def test_compiled_decode_is_one_graph_for_every_position_encoding(position, dynamo_counters):
+    """Greedy tokens equal eager; all decode steps run one graph: no graph break, no recompilation."""
+    torch.manual_seed(0)
+    cfg = preset("tiny", vocab_size=V, n_layers=2, d_model=32, n_heads=4, d_ff=64, max_seq_len=24, init_std=0.2,
+                 **POSITION_CONFIGS[position])
+    model = Transformer(cfg).eval()
+    assert model.cfg.position == position
+    ids = prompt(1, 6)
+    eager = generate(model, ids, 10, temperature=0.0)
+    assert torch.equal(generate(model, ids, 10, temperature=0.0, compile=True), eager)
+    assert dict(dynamo_counters["graph_break"]) == {}
+    assert dynamo_counters["stats"]["unique_graphs"] == 1
 
 
 def test_compile_is_opt_in():

@@ -32,6 +32,8 @@ CONFIGS = {
     "learned": TransformerConfig(**BASE, position="learned", norm="layernorm", activation="gelu_tanh",
                                  gated_mlp=False, mlp_bias=True, qkv_bias=True, out_bias=True, lm_head_bias=True,
                                  tie_embeddings=True),  # GPT-2 style
+    "sinusoidal": TransformerConfig(**BASE, position="sinusoidal", norm="layernorm", activation="gelu_tanh",
+                                    gated_mlp=False, mlp_bias=True, tie_embeddings=True),
 }
 
 

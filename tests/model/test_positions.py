@@ -12,7 +12,7 @@ import torch
 from torch.testing import assert_close
 
 from llmlab.model.config import RopeScaling
-from llmlab.model.positions import RotaryEmbedding, apply_rope, rope_inv_freq, sinusoidal_table
+from llmlab.model.positions import RotaryEmbedding, SinusoidalEmbedding, apply_rope, rope_inv_freq, sinusoidal_table
 
 try:
     from transformers import LlamaConfig
@@ -99,6 +99,17 @@ def test_sinusoidal_shift_is_a_rotation_per_pair():
 def test_sinusoidal_odd_dim_is_refused():
     with pytest.raises(ValueError, match="even dim"):
         sinusoidal_table(4, 7)
+
+
+def test_sinusoidal_embedding_looks_up_the_float32_table():
+    """Reference: sinusoidal_table's rows, exact, also after a round trip through bfloat16 (the buffer is rebuilt
+    in float32, as RoPE's frequencies are) and not saved with the weights."""
+    emb = SinusoidalEmbedding(32, 12)
+    positions = torch.tensor([[0, 5, 31], [7, 7, 2]])
+    assert torch.equal(emb(positions), sinusoidal_table(32, 12)[positions])
+    emb.to(torch.bfloat16).float()
+    assert emb.table.dtype == torch.float32 and torch.equal(emb.table, sinusoidal_table(32, 12))
+    assert emb.state_dict() == {}
 
 
 # --- RoPE frequencies vs HF

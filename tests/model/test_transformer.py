@@ -228,13 +228,20 @@ def assert_one_line_error(excinfo, *words: str) -> None:
         assert w in msg, f"{w!r} not in {msg!r}"
 
 
-def test_learned_positions_beyond_max_seq_len_raise():
-    cfg = CONFIGS["encoder"].replace(max_seq_len=16)
+@pytest.mark.parametrize("name", ["encoder", "sinusoidal"])
+def test_tabulated_positions_beyond_max_seq_len_raise(name):
+    """Learned and sinusoidal positions are tables of max_seq_len rows: a longer input, or an explicit position past
+    them, is a one-line error (not an index error)."""
+    cfg = CONFIGS[name].replace(max_seq_len=16)
     model = build(cfg)
     model(torch.zeros(1, 16, dtype=torch.long))  # exactly max_seq_len is fine
+    model(torch.zeros(1, 2, dtype=torch.long), position_ids=torch.tensor([[0, 15]]))
     with pytest.raises(LlmlabError) as excinfo:
         model(torch.zeros(1, 17, dtype=torch.long))
-    assert_one_line_error(excinfo, "17", "max_seq_len=16")
+    assert_one_line_error(excinfo, "17", "max_seq_len=16", cfg.position)
+    with pytest.raises(LlmlabError) as excinfo:
+        model(torch.zeros(1, 2, dtype=torch.long), position_ids=torch.tensor([[0, 16]]))
+    assert_one_line_error(excinfo, "largest position 16", "max_seq_len=16")
 
 
 @pytest.mark.parametrize("shape", [(T,), (2, 3, T)], ids=["1d", "3d"])

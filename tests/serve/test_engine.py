@@ -93,10 +93,11 @@ def test_continuous_batching_equals_alone(name):
     assert stats["tokens_generated"] == sum(len(tokens(e)) for e in events.values())
 
 
-@pytest.mark.parametrize("name", ["gqa", "sliding_window"])
-def test_compiled_decode_equals_eager(name):
+@pytest.mark.parametrize("name", ["gqa", "sliding_window", "learned", "sinusoidal"])
+def test_compiled_decode_equals_eager(name, dynamo_counters):
     """compile=True (decode steps as one torch.compile'd graph, dynamic shapes): the same requests arriving and
-    leaving at the same steps get exactly the tokens generate() gives each alone, greedy and seeded sampling."""
+    leaving at the same steps get exactly the tokens generate() gives each alone, greedy and seeded sampling.
+    Two graphs in all (batch 1, larger batches), without a graph break, whatever the position encoding."""
     model = build(CONFIGS[name])
     engine = Engine(model, None, max_batch_size=3, block_size=4, compile=True)
     events, batch_sizes = run(engine, REQUESTS)
@@ -104,6 +105,8 @@ def test_compiled_decode_equals_eager(name):
         assert tokens(events[i]) == reference(model, prompt_of(n, i), params), f"request {i}"
     assert {1, 2, 3} <= set(batch_sizes)
     assert engine.stats["free_blocks"] == engine.stats["total_blocks"]
+    assert dict(dynamo_counters["graph_break"]) == {}
+    assert dynamo_counters["stats"]["unique_graphs"] == 2
 
 
 def test_compile_failure_ends_requests_with_a_clear_error(monkeypatch):

@@ -1,10 +1,12 @@
 """`llmlab generate` and `llmlab chat`: text from MODEL (an llmlab run dir or an HF checkpoint dir).
 
-generate runs `infer.generate.stream` on one prompt (optionally compiled); chat goes through the serving engine."""
+generate runs `infer.generate.stream` on one prompt; chat goes through the serving engine. Both can compile their
+decode step (--compile)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +28,8 @@ TOP_K = typer.Option(None, "--top-k", min=1, help="Sample from the k most likely
 TOP_P = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling: keep this much probability [1 = off].")
 SEED = typer.Option(None, "--seed", help="Seed for reproducible sampling [random].")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+COMPILE = typer.Option(False, "--compile", help="Decode steps as one torch.compile'd graph: faster per token after a "
+                                                "one-time compilation of seconds.")
 
 
 def generate(
@@ -37,8 +41,7 @@ def generate(
     top_p: float = TOP_P,
     seed: int = SEED,
     stream: bool = typer.Option(False, "--stream", help="Print each token as it is generated."),
-    compile: bool = typer.Option(False, "--compile", help="Decode steps as one torch.compile'd graph: faster per "
-                                                          "token after a one-time compilation of seconds."),
+    compile: bool = COMPILE,
     device: str = DEVICE,
 ) -> None:
     # one prompt needs no scheduler or paged cache: infer.generate.stream on a contiguous KVCache is the fast path
@@ -82,9 +85,12 @@ def chat(
     top_k: int = TOP_K,
     top_p: float = TOP_P,
     seed: int = SEED,
+    compile: bool = COMPILE,
     device: str = DEVICE,
 ) -> None:
-    engine = open_engine(model, device)
+    engine = open_engine(model, device, compile)
+    if compile:
+        compile_engine(engine, lambda line: typer.echo(line, err=True))
     tokenizer = engine.tokenizer
     template = load_chat_template(model)
     stop_ids, stop_strings = template.stop_token_ids(tokenizer), template.stop_strings(tokenizer)
@@ -125,9 +131,18 @@ def chat(
         turn += 1
 
 
-def open_engine(model: Path, device: str) -> Engine:
+def open_engine(model: Path, device: str, compile: bool = False) -> Engine:
     m = load_model(model)
-    return Engine(m, find_tokenizer(model, m.cfg.vocab_size), max_batch_size=1, device=device)
+    return Engine(m, find_tokenizer(model, m.cfg.vocab_size), max_batch_size=1, device=device, compile=compile)
+
+
+def compile_engine(engine: Engine, echo: Callable[[str], object]) -> None:
+    """Compile an Engine(compile=True)'s decode step now (`warm_up`), timed apart from the answers that follow; a
+    failed compilation raises a one-line LlmlabError here, before the first request."""
+    echo("compiling the decode step ...")
+    start = time.perf_counter()
+    engine.warm_up()
+    echo(f"[compiled in {time.perf_counter() - start:.2f} s]")
 
 
 def prompt_ids(model: Path, tokenizer, text: str) -> list[int]:

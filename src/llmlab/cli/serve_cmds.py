@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from llmlab.cli.generate_cmds import COMPILE, compile_engine
 from llmlab.cli.model_cmds import MODEL_ARG
 
 console = Console()
@@ -23,8 +24,7 @@ def serve(
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Sequences decoded together per step."),
     cache_blocks: int = typer.Option(None, "--cache-blocks", help="KV cache size in blocks (default: fits the batch)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    compile: bool = typer.Option(False, "--compile", help="Decode steps as one torch.compile'd graph: faster per "
-                                                          "token after seconds of compiling at the first requests."),
+    compile: bool = COMPILE,
 ) -> None:
     import uvicorn
 
@@ -38,9 +38,8 @@ def serve(
     tok = find_tokenizer(model, m.cfg.vocab_size, tokenizer)
     name = model_name or model.resolve().name
     engine = Engine(m, tok, max_batch_size=max_batch_size, cache_blocks=cache_blocks, device=device, compile=compile)
-    if compile:
-        console.print("compiling the decode step (batch 1, then larger batches) ...")
-        engine.warm_up()
+    if compile:  # now, not at the first requests
+        compile_engine(engine, console.print)
     app = create_app(engine, tok, name, api_key=api_key, chat_template=load_chat_template(model))
     console.print(f"serving [bold]{name}[/] on {engine.device}: chat page http://{host}:{port}/ , "
                   f"API http://{host}:{port}/v1" + (" (API key required)" if api_key else ""), soft_wrap=True)

@@ -138,8 +138,10 @@ class PagedKVCache:
         self.reserve(seq_ids, 1)
         slots, mask = self.slots(seq_ids)
         # fresh strides: a slice's row stride changes with the block count, and a compiled graph guards on strides
+        # (.contiguous() keeps a batch of one's column as it is: a size-1 dim counts as contiguous at any stride)
         slots = slots.clone(memory_format=torch.contiguous_format)
-        return slots, mask, slots[:, -1].contiguous(), torch.tensor([[p] for p in starts], device=self.k.device)
+        new_slots = slots[:, -1].clone(memory_format=torch.contiguous_format)
+        return slots, mask, new_slots, torch.tensor([[p] for p in starts], device=self.k.device)
 
     def write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
         """Store k, v (B, Hkv, n_new, D) at slots (B * n_new,): row b's new tokens, in order."""

@@ -26,6 +26,29 @@ def sinusoidal_table(n_pos: int, dim: int) -> Tensor:
     return table.reshape(n_pos, dim).float()
 
 
+class SinusoidalEmbedding(nn.Module):
+    """positions (...) -> rows (..., dim) of `sinusoidal_table(max_len, dim)`, kept as a float32 buffer.
+
+    A lookup, not a table built up to max(positions) + 1 per call: that needed the max on the host, a device sync
+    and a torch.compile graph break at every decode step. Positions must lie in [0, max_len).
+    """
+
+    def __init__(self, max_len: int, dim: int) -> None:
+        super().__init__()
+        self.max_len, self.dim = max_len, dim
+        self.register_buffer("table", sinusoidal_table(max_len, dim), persistent=False)  # (max_len, dim)
+
+    def _apply(self, fn, recurse=True):
+        # model.to(bfloat16) would round the table for good (a later .float() could not undo it): rebuild in fp32
+        super()._apply(fn, recurse)
+        if self.table.dtype != torch.float32:
+            self.table = sinusoidal_table(self.max_len, self.dim).to(self.table.device)
+        return self
+
+    def forward(self, positions: Tensor) -> Tensor:
+        return self.table[positions]
+
+
 def _default_inv_freq(head_dim: int, theta: float) -> Tensor:
     # inv_freq_i = theta^(-2i/d), i = 0 .. d/2-1  (Su et al. 2021); float32 as HF, so they match bit for bit
     return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)

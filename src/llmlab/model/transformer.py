@@ -15,6 +15,16 @@ from llmlab.model.mlp import MLP, activation
 from llmlab.model.norms import make_norm
 
 
+def init_parameter(name: str, p: Tensor, cfg: TransformerConfig) -> None:
+    """Initialise one parameter, named as in `Transformer.named_parameters()` (see `reset_parameters`)."""
+    if p.dim() == 1:
+        nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
+    elif name.endswith(("o_proj.weight", "down_proj.weight")):
+        nn.init.normal_(p, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
+    else:
+        nn.init.normal_(p, std=cfg.init_std)
+
+
 class Block(nn.Module):
     """pre-norm: x + f(norm(x))  (GPT-2, Llama);  post-norm: norm(x + f(x))  (Vaswani et al. 2017, BERT)."""
 
@@ -40,11 +50,13 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        from llmlab.model.positions import RotaryEmbedding
+        from llmlab.model.positions import RotaryEmbedding, SinusoidalEmbedding
 
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.position == "learned" else None
+        self.sinusoidal = (SinusoidalEmbedding(cfg.max_seq_len, cfg.d_model)
+                           if cfg.position == "sinusoidal" else None)
         self.type_emb = nn.Embedding(cfg.n_token_types, cfg.d_model) if cfg.n_token_types else None
         self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else None
         self.rope = (RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
@@ -69,14 +81,8 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """N(0, init_std) weights, zero biases; residual output projections scaled by 1/sqrt(2 n_layers) (GPT-2)."""
-        std = self.cfg.init_std
         for name, p in self.named_parameters():
-            if p.dim() == 1:
-                nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layers))
-            else:
-                nn.init.normal_(p, std=std)
+            init_parameter(name, p, self.cfg)
 
     def forward(
         self,
@@ -119,17 +125,11 @@ class Transformer(nn.Module):
             position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
         h = self.tok_emb(input_ids)  # (B, T, d)
         if self.pos_emb is not None:
-            # explicit (or cached) position_ids cost one device sync to check (none on the meta device)
-            last = t - 1 if explicit_positions is None or h.is_meta else int(explicit_positions.max())
-            if last >= cfg.max_seq_len:
-                raise LlmlabError(f"sequence length {last + 1} (largest position {last}) exceeds "
-                                  f"max_seq_len={cfg.max_seq_len}: learned positions cannot extrapolate")
+            self._check_positions(explicit_positions, t, h.is_meta)
             h = h + self.pos_emb(position_ids)
-        elif cfg.position == "sinusoidal":
-            from llmlab.model.positions import sinusoidal_table
-
-            table = sinusoidal_table(int(position_ids.max()) + 1, cfg.d_model).to(h.device, h.dtype)
-            h = h + table[position_ids]
+        elif self.sinusoidal is not None:
+            self._check_positions(explicit_positions, t, h.is_meta)
+            h = h + self.sinusoidal(position_ids).to(h.dtype)
         if self.type_emb is not None:
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
             h = h + self.type_emb(types)
@@ -151,6 +151,21 @@ class Transformer(nn.Module):
         if self.head_dense is not None:
             h = self.head_norm(activation(cfg.activation, self.head_dense(h)))
         return self.lm_head(h)
+
+    def _check_positions(self, explicit_positions: Tensor | None, t: int, on_meta: bool) -> None:
+        """Learned and sinusoidal positions are tables of max_seq_len rows: a position past them is an error."""
+        if explicit_positions is None:
+            last = t - 1
+        elif on_meta or torch.compiler.is_compiling():
+            # reading the max is a device sync, and a graph break under torch.compile, where positions come from a
+            # KV cache of at most max_seq_len (inductor's indexing asserts catch the rest on CPU); meta has no values
+            return
+        else:
+            last = int(explicit_positions.max())
+        if last >= self.cfg.max_seq_len:
+            raise LlmlabError(f"sequence length {last + 1} (largest position {last}) exceeds "
+                              f"max_seq_len={self.cfg.max_seq_len}: {self.cfg.position} positions are a table "
+                              f"of max_seq_len rows and cannot extrapolate")
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> Transformer:
         """Recompute each block's activations during backward instead of storing them."""

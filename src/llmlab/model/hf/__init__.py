@@ -1,13 +1,17 @@
 """Hugging Face checkpoints <-> llmlab: read and write `config.json` + safetensors, without transformers.
 
 One module per family, each four pure functions: `config_from_hf`, `config_to_hf`, `state_from_hf`,
-`state_to_hf`. Import dispatches on `model_type`; export picks the family from the config (`family_for`).
+`state_to_hf`. Import dispatches on `model_type`. Export writes a native family (gpt2, llama, mistral, qwen2,
+bert) when one expresses the config (`family_for`), else model_type "llmlab" (`remote`): our config embedded
+and our model code wrapped for transformers, loaded with `trust_remote_code=True`; `hf_model_type` says which.
+Either way `AutoModelFor{CausalLM,MaskedLM}.from_pretrained(dir)` gives our logits, and `load_hf_model` our state.
 Weights load into a float32 model whatever dtype the checkpoint holds.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,24 +21,37 @@ from safetensors.torch import save_file
 
 from llmlab.errors import LlmlabError
 from llmlab.model.config import TransformerConfig
-from llmlab.model.hf import bert, gpt2, llama
+from llmlab.model.hf import bert, gpt2, llama, remote
 from llmlab.model.io import atomic_write, load_state_file
 from llmlab.model.transformer import Transformer
 
-FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama, "mistral": llama, "qwen2": llama, "bert": bert}
+FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama, "mistral": llama, "qwen2": llama, "bert": bert,
+                                   remote.MODEL_TYPE: remote}
 WEIGHTS_NAME, INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
 
 
 def family_for(cfg: TransformerConfig) -> str:
-    """The HF model_type a config exports as: bert (encoder), gpt2 (learned positions), llama/mistral/qwen2 (RoPE)."""
+    """The native HF model_type that expresses cfg: bert (encoder), gpt2 (learned positions), llama/mistral/qwen2
+    (RoPE). Raises a one-line LlmlabError naming the first field that family cannot express."""
     if cfg.arch == "encoder":
-        return "bert"
-    if cfg.position == "learned":
-        return "gpt2"
-    if cfg.position == "rope":
-        return llama.model_type_for(cfg)
-    raise LlmlabError(f"cannot export position={cfg.position!r}: HF families here need 'learned' (gpt2, bert) "
-                      "or 'rope' (llama, mistral, qwen2)")
+        model_type = "bert"
+    elif cfg.position == "learned":
+        model_type = "gpt2"
+    elif cfg.position == "rope":
+        model_type = llama.model_type_for(cfg)
+    else:
+        raise LlmlabError(f"cannot export position={cfg.position!r} natively: HF families here need 'learned' "
+                          "(gpt2, bert) or 'rope' (llama, mistral, qwen2)")
+    FAMILIES[model_type].config_to_hf(cfg)  # the family's own checks: raises naming the field
+    return model_type
+
+
+def hf_model_type(cfg: TransformerConfig) -> str:
+    """The model_type `save_hf_model` writes: the native family if one expresses cfg, else "llmlab" (remote code)."""
+    try:
+        return family_for(cfg)
+    except LlmlabError:
+        return remote.MODEL_TYPE
 
 
 def hf_config_to_llmlab(hf_config: dict[str, Any]) -> TransformerConfig:
@@ -45,7 +62,7 @@ def hf_config_to_llmlab(hf_config: dict[str, Any]) -> TransformerConfig:
 
 
 def llmlab_to_hf_config(cfg: TransformerConfig) -> dict[str, Any]:
-    return FAMILIES[family_for(cfg)].config_to_hf(cfg)
+    return FAMILIES[hf_model_type(cfg)].config_to_hf(cfg)
 
 
 def read_hf_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -83,7 +100,8 @@ def load_hf_model(path: str | Path) -> Transformer:
 
 
 def save_hf_model(model: Transformer, out_dir: str | Path) -> Path:
-    """Write `config.json` + `model.safetensors` that `transformers.AutoModel*.from_pretrained` loads."""
+    """Write `config.json` + `model.safetensors` that `transformers.AutoModelFor*.from_pretrained` loads; for
+    model_type "llmlab" (see `hf_model_type`) also the remote-code files, loaded with trust_remote_code=True."""
     cfg = model.cfg
     hf_config = llmlab_to_hf_config(cfg)
     state = FAMILIES[hf_config["model_type"]].state_to_hf(model.state_dict(), cfg)
@@ -93,9 +111,12 @@ def save_hf_model(model: Transformer, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    if hf_config["model_type"] == remote.MODEL_TYPE:
+        for name in remote.CODE_FILES:
+            atomic_write(out / name, lambda tmp, name=name: shutil.copyfile(remote.CODE_DIR / name, tmp))
     atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(hf_config, indent=2) + "\n"))
     return out
 
 
-__all__ = ["family_for", "hf_config_to_llmlab", "llmlab_to_hf_config", "load_hf_model", "read_hf_state",
-           "save_hf_model"]
+__all__ = ["family_for", "hf_config_to_llmlab", "hf_model_type", "llmlab_to_hf_config", "load_hf_model",
+           "read_hf_state", "save_hf_model"]
