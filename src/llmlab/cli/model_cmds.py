@@ -20,27 +20,27 @@ def export(
     model: Path = MODEL_ARG,
     format: str = typer.Option(
         "hf", "--format",
-        help="Output format: hf (config.json + model.safetensors), as a native HF family (gpt2, llama, mistral, "
-             "qwen2, bert) when one expresses the config, else as llmlab remote code (trust_remote_code=True)."),
+        help="Output format: hf (config.json, model.safetensors, the tokenizer files, chat template and "
+             "generation_config.json), as a native HF family (gpt2, llama, mistral, qwen2, bert) when one "
+             "expresses the config, else as llmlab remote code (trust_remote_code=True)."),
     out: Path = typer.Option(..., "--out", help="Directory to write."),
 ) -> None:
     if format != "hf":
         raise LlmlabError(f"--format {format!r} is not supported; supported: hf")
-    from llmlab.model.hf import hf_model_type, save_hf_model
+    from llmlab.model.hf.checkpoint import export_hf
 
-    m = load_model(model)
-    path = save_hf_model(m, out)
-    auto = "AutoModelForCausalLM" if m.cfg.causal else "AutoModelForMaskedLM"
-    model_type = hf_model_type(m.cfg)
+    done = export_hf(model, out)
+    auto = "AutoModelForCausalLM" if done.causal else "AutoModelForMaskedLM"
     # soft_wrap: no line breaks inside paths or the from_pretrained call, which users copy
-    if model_type == "llmlab":
-        console.print(f"exported {model} -> {path} as llmlab remote code (no native HF family expresses this "
+    if done.model_type == "llmlab":
+        console.print(f"exported {model} -> {done.out_dir} as llmlab remote code (no native HF family expresses this "
                       "config)", soft_wrap=True)
-        console.print(f"load with transformers.{auto}.from_pretrained({str(path)!r}, trust_remote_code=True)",
+        console.print(f"load with transformers.{auto}.from_pretrained({str(done.out_dir)!r}, trust_remote_code=True)",
                       soft_wrap=True)
     else:
-        console.print(f"exported {model} -> {path} as HF {model_type} (loads with transformers.{auto}.from_pretrained)",
-                      soft_wrap=True)
+        console.print(f"exported {model} -> {done.out_dir} as HF {done.model_type} (loads with "
+                      f"transformers.{auto}.from_pretrained)", soft_wrap=True)
+    console.print(f"files: {', '.join(done.files)}", soft_wrap=True)
 
 
 def info(model: Path = MODEL_ARG) -> None:
