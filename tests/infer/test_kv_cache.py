@@ -2,7 +2,8 @@
 
 References: `model(full_sequence)` without a cache, at every step of a prefill + greedy decode (fp32,
 atol 1e-5 / rtol 1.3e-6, torch.testing's defaults); HF transformers 5.24 `LlamaForCausalLM` /
-`MistralForCausalLM` (random weights, eager) stepping with its own cache (fp32 atol = rtol = 1e-5);
+`MistralForCausalLM` / `MixtralForCausalLM` (random weights, eager) stepping with its own cache (fp32 atol = rtol =
+1e-5);
 the formula 2 x layers x Hkv x D x bytes for memory (exact); the documented errors.
 """
 
@@ -34,6 +35,10 @@ CONFIGS = {
                                  tie_embeddings=True),  # GPT-2 style
     "sinusoidal": TransformerConfig(**BASE, position="sinusoidal", norm="layernorm", activation="gelu_tanh",
                                     gated_mlp=False, mlp_bias=True, tie_embeddings=True),
+    "mixtral": TransformerConfig(**BASE, n_kv_heads=2, n_experts=4, n_experts_per_tok=2),  # every layer MoE
+    # Qwen2-MoE style: layer 0 dense, layer 1 MoE with raw top-k weights and a gated shared expert
+    "qwen2_moe": TransformerConfig(**BASE, n_kv_heads=2, qkv_bias=True, n_experts=4, moe_d_ff=16,
+                                   shared_expert_d_ff=32, norm_topk_prob=False, moe_layers=[1]),
 }
 
 
@@ -84,7 +89,8 @@ def check_cached_decode(model, new_cache, ids, chunks=None, n_steps=8, mask=None
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", CONFIGS)
 def test_cached_decode_equals_full_recompute(name, backend):
-    """Every step's logits equal model(full sequence): MHA, GQA, MQA, sliding window, ALiBi, learned positions."""
+    """Every step's logits equal model(full sequence): MHA, GQA, MQA, sliding window, ALiBi, learned positions,
+    mixtures of experts (routing is per token: a cached token is routed as in the full pass)."""
     model, cfg = build(CONFIGS[name], backend), CONFIGS[name]
     check_cached_decode(model, lambda: KVCache(cfg, batch_size=2), prompt())
 
@@ -118,7 +124,7 @@ def test_rolling_buffer_keeps_the_last_window_tokens():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["gqa", "sliding_window", "alibi", "learned"])
+@pytest.mark.parametrize("name", ["gqa", "sliding_window", "alibi", "learned", "qwen2_moe"])
 def test_left_padded_batch(name, backend):
     """Left-padded rows (0, 2, 5 pads) with attention_mask over past + new tokens equal full recomputation with
     the same mask; default positions, and (rope, learned) positions counted from each row's first real token."""
@@ -148,16 +154,18 @@ def _hf_step_logits(hf, ids, n_steps):
     return logits
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "mixtral"])
 @torch.no_grad()
 def test_matches_hf_cache(family, tmp_path):
     """llmlab.load_model(HF dir) + our cache vs HF stepping with its own cache: same logits at every step (fp32 1e-5).
-    Llama: GQA and the full cache; Mistral: sliding_window=3 against our rolling buffer."""
+    Llama: GQA and the full cache; Mistral: sliding_window=3 against our rolling buffer; Mixtral: 4 experts, top 2."""
     tf = pytest.importorskip("transformers")
     kw = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, attn_implementation="eager")
     if family == "llama":
         hf = tf.LlamaForCausalLM(tf.LlamaConfig(**kw))
+    elif family == "mixtral":
+        hf = tf.MixtralForCausalLM(tf.MixtralConfig(**kw, num_local_experts=4))
     else:
         hf = tf.MistralForCausalLM(tf.MistralConfig(**kw, sliding_window=3))
     torch.manual_seed(0)

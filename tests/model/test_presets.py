@@ -35,9 +35,11 @@ def test_preset_builds_and_runs_forward(size, style):
 
 @pytest.mark.parametrize("style", STYLES)
 def test_gpt2_124m_builds_and_runs_forward_on_meta(style):
-    """The 124M size through every op on the meta device (shapes only, no memory); the real run is marked slow."""
+    """The 124M size through every op on the meta device (shapes only, no memory); the real run is marked slow.
+    MoE styles: which tokens reach an expert is data (torch.nonzero), which meta lacks; it is told to assume all."""
     cfg = preset("gpt2-124m", style)
-    logits = forward(cfg, device="meta")
+    with torch.fx.experimental._config.patch(meta_nonzero_assume_all_nonzero=True):
+        logits = forward(cfg, device="meta")
     assert logits.shape == (2, 16, cfg.vocab_size)
 
 
@@ -51,7 +53,8 @@ def test_gpt2_124m_builds_and_runs_forward(style):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_styles_reproduce_family_fields(size):
-    """Reference: GPT-2 (Radford 2019), Llama (Touvron 2023), Mistral (Jiang 2023), Qwen2 (2024), BERT (Devlin 2019)."""
+    """Reference: GPT-2 (Radford 2019), Llama (Touvron 2023), Mistral (Jiang 2023), Qwen2 (2024), Mixtral (Jiang
+    2024), Qwen1.5-MoE (2024), BERT (Devlin 2019)."""
     gpt2, llama, mistral, qwen2, bert = (preset(size, s) for s in ("gpt2", "llama", "mistral", "qwen2", "bert"))
     for cfg in (gpt2, llama, mistral, qwen2):
         assert cfg.arch == "decoder" and cfg.causal and cfg.norm_position == "pre"
@@ -74,8 +77,16 @@ def test_styles_reproduce_family_fields(size):
     assert (bert.position, bert.norm, bert.norm_position, bert.activation) == ("learned", "layernorm", "post", "gelu")
     assert bert.embed_norm and bert.n_token_types == 2 and bert.mlm_head_transform and bert.lm_head_bias
     assert bert.tie_embeddings and not bert.gated_mlp and bert.n_kv_heads == bert.n_heads and bert.norm_eps == 1e-12
+    # Mixtral: Llama with 8 experts of d_ff per layer, 2 per token, weights renormalised, theta 1e6
+    mixtral, qwen2_moe = preset(size, "mixtral"), preset(size, "qwen2-moe")
+    assert mixtral.replace(n_experts=0, rope_theta=10000.0, router_aux_loss_coef=0.01) == llama
+    assert (mixtral.n_experts, mixtral.n_experts_per_tok, mixtral.moe_d_ff) == (8, 2, None) and mixtral.norm_topk_prob
+    # Qwen2-MoE: Qwen2 with fine-grained experts (d_ff / 4, 4 of 8, raw top-k weights) and a shared d_ff expert
+    assert qwen2_moe.replace(n_experts=0, n_experts_per_tok=2, moe_d_ff=None, shared_expert_d_ff=0,
+                             norm_topk_prob=True, router_aux_loss_coef=0.01) == qwen2
+    assert (qwen2_moe.moe_d_ff, qwen2_moe.shared_expert_d_ff) == (qwen2.d_ff // 4, qwen2.d_ff)
     # the size's shape is kept by every style
-    for cfg in (gpt2, llama, mistral, qwen2, bert):
+    for cfg in (gpt2, llama, mistral, qwen2, mixtral, qwen2_moe, bert):
         for field in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             assert getattr(cfg, field) == SIZES[size][field]
 
@@ -93,6 +104,13 @@ def hf_model(style: str, cfg):
         hf_cfg = tf.BertConfig(**common, max_position_embeddings=cfg.max_seq_len, type_vocab_size=cfg.n_token_types)
         return tf.BertForMaskedLM(hf_cfg)
     kw = dict(**common, num_key_value_heads=cfg.n_kv_heads, tie_word_embeddings=False)
+    if style == "mixtral":
+        return tf.MixtralForCausalLM(tf.MixtralConfig(**kw, num_local_experts=cfg.n_experts,
+                                                      num_experts_per_tok=cfg.n_experts_per_tok))
+    if style == "qwen2-moe":
+        return tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(
+            **kw, num_experts=cfg.n_experts, num_experts_per_tok=cfg.n_experts_per_tok,
+            moe_intermediate_size=cfg.moe_d_ff, shared_expert_intermediate_size=cfg.shared_expert_d_ff))
     if style == "llama":
         return tf.LlamaForCausalLM(tf.LlamaConfig(**kw))
     if style == "mistral":
@@ -104,7 +122,8 @@ def hf_model(style: str, cfg):
 @pytest.mark.parametrize("size", ["tiny", "small"])
 def test_parameter_count_equals_hf_family_model(size, style):
     """Reference: sum of parameter sizes of HF's GPT2LMHeadModel / LlamaForCausalLM / MistralForCausalLM /
-    Qwen2ForCausalLM / BertForMaskedLM at the same shape (shared tensors once); exact."""
+    Qwen2ForCausalLM / MixtralForCausalLM / Qwen2MoeForCausalLM / BertForMaskedLM at the same shape (shared tensors
+    once); exact."""
     cfg = preset(size, style)
     with torch.device("meta"):
         ours, ref = Transformer(cfg), hf_model(style, cfg)

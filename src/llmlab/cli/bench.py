@@ -66,7 +66,8 @@ def tokenizer(
 @app.command("train", help="Training step tokens/s, MFU and peak memory: ours vs the same model in HF transformers.")
 def train(
     preset: str = typer.Option("tiny", help="Model size: tiny, small, gpt2-124m."),
-    style: str = typer.Option(None, help="Model family: gpt2, llama, mistral, qwen2 [default per preset]."),
+    style: str = typer.Option(None, help="Model family: gpt2, llama, mistral, qwen2, mixtral, "
+                                         "qwen2-moe [default per preset]."),
     vocab_size: int = typer.Option(4096, min=2, help="Vocabulary size of both models."),
     batch_size: int = typer.Option(8, min=1, help="Sequences per step."),
     seq_len: int = typer.Option(128, min=2, help="Tokens per sequence."),

@@ -50,7 +50,8 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     tokenizer: str = typer.Option(None, "--tokenizer", help="The data's tokenizer directory (not for byte data)."),
     preset: str = typer.Option(None, "--preset", help="Model size: tiny, small, gpt2-124m [default: tiny]."),
-    style: str = typer.Option(None, "--style", help="Model family: gpt2, llama, mistral, qwen2 [default per preset]."),
+    style: str = typer.Option(None, "--style", help="Model family: gpt2, llama, mistral, qwen2, mixtral, "
+                                                    "qwen2-moe [default per preset]."),
     override: list[str] = typer.Option(None, "--override", help="A model config field, KEY=VALUE (repeatable)."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps (max_steps) [default: 200]."),
     batch_size: int = typer.Option(None, "--batch-size", help="Sequences per micro-batch and process [8]."),

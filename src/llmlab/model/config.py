@@ -1,4 +1,4 @@
-"""`TransformerConfig`: one dataclass that turns into GPT-2, Llama, Mistral, Qwen2 or BERT.
+"""`TransformerConfig`: one dataclass that turns into GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE or BERT.
 
 Every architectural choice is a field; the model code reads fields, it never branches on a family name.
 Values are checked at construction so a bad value fails here, naming the field, not deep in a forward pass.
@@ -87,6 +87,16 @@ class TransformerConfig:
     activation: str = "silu"
     gated_mlp: bool = True  # act(x W_gate) * (x W_up) -> W_down: SwiGLU with silu (Shazeer 2020)
     mlp_bias: bool = False
+    # --- mixture of experts (llmlab.model.moe): the MLP of a layer becomes n_experts MLPs and a top-k router
+    n_experts: int = 0  # 0 -> dense: every layer has one MLP
+    n_experts_per_tok: int = 2  # k: experts each token is sent to
+    moe_d_ff: int | None = None  # an expert's hidden width; None -> d_ff
+    norm_topk_prob: bool = True  # renormalise the k chosen weights to sum to 1 (Mixtral); False: raw probs (Qwen2-MoE)
+    shared_expert_d_ff: int = 0  # > 0: a shared expert every token uses, sigmoid-gated (Qwen2-MoE); 0 -> none
+    moe_layers: list[int] | None = None  # layers whose MLP is MoE; None -> every layer (the rest use d_ff MLPs)
+    router_aux_loss_coef: float = 0.01  # load-balancing loss weight in training (Switch: Fedus et al. 2021)
+    router_z_loss_coef: float = 0.0  # router z-loss weight in training (ST-MoE: Zoph et al. 2022); 0 -> off
+    capacity_factor: float | None = None  # training: an expert takes at most ceil(cf * k * T / E) tokens per row
     # --- embeddings and head
     tie_embeddings: bool = False
     n_token_types: int = 0  # segment embeddings (BERT's token_type); 0 -> none
@@ -144,6 +154,36 @@ class TransformerConfig:
             raise ConfigError(f"norm_eps={self.norm_eps} must be > 0")
         if self.n_token_types < 0:
             raise ConfigError(f"n_token_types={self.n_token_types} must be >= 0")
+        self._check_moe()
+
+    def _check_moe(self) -> None:
+        if not isinstance(self.n_experts, int) or self.n_experts < 0:
+            raise ConfigError(f"n_experts={self.n_experts!r} must be an integer >= 0 (0 = dense)")
+        if self.n_experts == 0:  # no dead flags: the expert settings need experts
+            for name, dense in (("moe_d_ff", None), ("shared_expert_d_ff", 0), ("moe_layers", None),
+                                ("capacity_factor", None)):
+                if getattr(self, name) != dense:
+                    raise ConfigError(f"{name}={getattr(self, name)!r} needs n_experts > 0 (a mixture of experts)")
+            return
+        k = self.n_experts_per_tok
+        if not isinstance(k, int) or not 1 <= k <= self.n_experts:
+            raise ConfigError(f"n_experts_per_tok={k!r} must be an integer in [1, n_experts={self.n_experts}]")
+        if self.moe_d_ff is not None and (not isinstance(self.moe_d_ff, int) or self.moe_d_ff <= 0):
+            raise ConfigError(f"moe_d_ff={self.moe_d_ff!r} must be a positive integer or None (= d_ff)")
+        if not isinstance(self.shared_expert_d_ff, int) or self.shared_expert_d_ff < 0:
+            raise ConfigError(f"shared_expert_d_ff={self.shared_expert_d_ff!r} must be an integer >= 0 (0 = none)")
+        if self.moe_layers is not None:
+            layers = sorted(set(self.moe_layers))
+            if not layers or len(layers) != len(self.moe_layers) or not all(
+                    isinstance(i, int) and 0 <= i < self.n_layers for i in layers):
+                raise ConfigError(f"moe_layers={self.moe_layers!r} must list distinct layer indices in "
+                                  f"[0, n_layers={self.n_layers}), at least one (None = every layer)")
+            self.moe_layers = None if layers == list(range(self.n_layers)) else layers
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ConfigError(f"capacity_factor={self.capacity_factor} must be > 0 or None (no token dropped)")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)
@@ -153,6 +193,10 @@ class TransformerConfig:
     @property
     def causal(self) -> bool:
         return self.arch == "decoder"
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether layer `layer` has a mixture of experts (else a dense MLP of width d_ff)."""
+        return self.n_experts > 0 and (self.moe_layers is None or layer in self.moe_layers)
 
     # --- JSON round-trip
     def to_dict(self) -> dict[str, Any]:

@@ -21,14 +21,18 @@ def activation(name: str, x: Tensor) -> Tensor:
 
 
 class MLP(nn.Module):
-    """plain: down(act(up(x)));  gated: down(act(gate(x)) * up(x))  (Shazeer 2020, "GLU Variants")."""
+    """plain: down(act(up(x)));  gated: down(act(gate(x)) * up(x))  (Shazeer 2020, "GLU Variants").
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    d_ff: the hidden width, cfg.d_ff unless given (a mixture of experts' experts and shared expert set their own).
+    """
+
+    def __init__(self, cfg: TransformerConfig, d_ff: int | None = None) -> None:
         super().__init__()
         self.act = cfg.activation
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias) if cfg.gated_mlp else None
-        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
+        d_ff = cfg.d_ff if d_ff is None else d_ff
+        self.gate_proj = nn.Linear(cfg.d_model, d_ff, bias=cfg.mlp_bias) if cfg.gated_mlp else None
+        self.up_proj = nn.Linear(cfg.d_model, d_ff, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, d_model) -> (B, T, d_model)
         if self.gate_proj is not None:

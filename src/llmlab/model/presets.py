@@ -1,6 +1,7 @@
 """Named configs. A family is a handful of field values (a style); a preset is a style at a size.
 
-The point of `STYLES`: GPT-2, Llama, Mistral, Qwen2 and BERT are the same Transformer with different fields.
+The point of `STYLES`: GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE and BERT are the same Transformer with
+different fields.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ STYLES: dict[str, dict[str, Any]] = {
     # Qwen2 (2024): Llama + bias on Q, K, V only, theta 1e6
     "qwen2": dict(position="rope", norm="rmsnorm", activation="silu", gated_mlp=True, norm_eps=1e-6,
                   qkv_bias=True, rope_theta=1_000_000.0),
+    # Jiang et al. 2024: Llama with 8 experts per layer, 2 per token (weights renormalised), theta 1e6
+    "mixtral": dict(position="rope", norm="rmsnorm", activation="silu", gated_mlp=True, norm_eps=1e-5,
+                    rope_theta=1_000_000.0, n_experts=8, n_experts_per_tok=2, router_aux_loss_coef=0.02),
+    # Qwen1.5-MoE (2024): Qwen2 with fine-grained experts (4 of 8 per token, d_ff / 4 wide, weights not
+    # renormalised) plus a shared expert d_ff wide (see `preset`)
+    "qwen2-moe": dict(position="rope", norm="rmsnorm", activation="silu", gated_mlp=True, norm_eps=1e-6,
+                      qkv_bias=True, rope_theta=1_000_000.0, n_experts=8, n_experts_per_tok=4, norm_topk_prob=False,
+                      router_aux_loss_coef=0.001),
     # Devlin et al. 2019: bidirectional encoder, post-norm, embedding norm, segment embeddings, MLM head
     "bert": dict(arch="encoder", position="learned", norm="layernorm", norm_position="post", embed_norm=True,
                  activation="gelu", gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True,
@@ -51,6 +60,9 @@ def preset(size: str, style: str | None = None, **overrides: Any) -> Transformer
     fields = {**STYLES[style], **SIZES[size], **overrides}
     if style in ("gpt2", "bert"):  # these families use full multi-head attention
         fields.setdefault("n_kv_heads", None) if "n_kv_heads" in overrides else fields.update(n_kv_heads=None)
+    if style == "qwen2-moe":  # expert widths follow the size's d_ff
+        fields.setdefault("moe_d_ff", fields["d_ff"] // 4)
+        fields.setdefault("shared_expert_d_ff", fields["d_ff"])
     if fields.get("sliding_window") and fields["sliding_window"] >= fields["max_seq_len"]:
         fields["sliding_window"] = fields["max_seq_len"] // 2  # keep the window visible at this size
     return TransformerConfig(**fields)

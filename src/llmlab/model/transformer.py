@@ -12,6 +12,7 @@ from llmlab.errors import LlmlabError
 from llmlab.model.attention import Attention, alibi_slopes
 from llmlab.model.config import TransformerConfig
 from llmlab.model.mlp import MLP, activation
+from llmlab.model.moe import MoE, load_balancing_loss, router_z_loss
 from llmlab.model.norms import make_norm
 
 
@@ -26,15 +27,18 @@ def init_parameter(name: str, p: Tensor, cfg: TransformerConfig) -> None:
 
 
 class Block(nn.Module):
-    """pre-norm: x + f(norm(x))  (GPT-2, Llama);  post-norm: norm(x + f(x))  (Vaswani et al. 2017, BERT)."""
+    """pre-norm: x + f(norm(x))  (GPT-2, Llama);  post-norm: norm(x + f(x))  (Vaswani et al. 2017, BERT).
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    f is attention, then the MLP: a dense one, or a mixture of experts on the layers the config makes MoE.
+    """
+
+    def __init__(self, cfg: TransformerConfig, layer: int = 0) -> None:
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
@@ -66,7 +70,7 @@ class Transformer(nn.Module):
         else:
             self.alibi = None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.final_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.norm_position == "pre" else None
         if cfg.mlm_head_transform:  # BERT: dense -> act -> norm, then the vocab projection
             self.head_dense = nn.Linear(cfg.d_model, cfg.d_model)
@@ -166,6 +170,25 @@ class Transformer(nn.Module):
             raise LlmlabError(f"sequence length {last + 1} (largest position {last}) exceeds "
                               f"max_seq_len={self.cfg.max_seq_len}: {self.cfg.position} positions are a table "
                               f"of max_seq_len rows and cannot extrapolate")
+
+    def router_losses(self, attention_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """The last forward pass's MoE router losses, unweighted, over the tokens attention_mask (B, T) marks real:
+        "load_balance" (Switch/Mixtral; HF's `aux_loss`) and "router_z" (ST-MoE), pooled over the MoE layers."""
+        moe = [block.mlp for block in self.blocks if isinstance(block.mlp, MoE)]
+        if not moe:
+            raise LlmlabError("router_losses: this model has no mixture-of-experts layer (n_experts=0)")
+        if moe[0].router_logits is None:
+            raise LlmlabError("router_losses: run a forward pass first; they are the losses of the last one")
+        logits = torch.stack([m.router_logits for m in moe])  # (L_moe, B*T, E)
+        return {"load_balance": load_balancing_loss(logits, self.cfg.n_experts_per_tok, attention_mask),
+                "router_z": router_z_loss(logits, attention_mask)}
+
+    def aux_loss(self, attention_mask: Tensor | None = None) -> Tensor:
+        """What training adds to the LM loss of the last forward pass of an MoE model:
+        router_aux_loss_coef * load_balance + router_z_loss_coef * router_z."""
+        losses = self.router_losses(attention_mask)
+        return (self.cfg.router_aux_loss_coef * losses["load_balance"]
+                + self.cfg.router_z_loss_coef * losses["router_z"])
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> Transformer:
         """Recompute each block's activations during backward instead of storing them."""

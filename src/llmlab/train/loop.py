@@ -7,6 +7,8 @@
 One optimizer step sees a global batch of batch_size x grad_accum x world_size sequences of seq_len tokens:
     lr <- lr_at(step); for each micro-batch: (loss / grad_accum).backward(); clip the global grad norm; AdamW step.
 Dividing by grad_accum is exact because every micro-batch holds the same number of tokens (packed windows).
+A mixture-of-experts model (n_experts > 0) backpropagates loss + its router losses (`Transformer.aux_loss`: load
+balance, z-loss), logged as `aux_loss`; `loss` stays the LM loss alone.
 
 Run directory (out_dir):
     model_config.json, model.safetensors   the model (llmlab.load_model(out_dir)), rewritten at every checkpoint
@@ -278,14 +280,19 @@ def check_resumable(cfg: TrainConfig, saved: TrainConfig) -> None:
 
 
 def train_step(model, optimizer: AdamW, train: ShardDataset, cfg: TrainConfig, device: torch.device, autocast,
-               rank: int, world: int, forward=None) -> tuple[float, float | None]:
-    """One optimizer step over grad_accum micro-batches; returns (mean loss over all ranks, grad norm before clipping).
+               rank: int, world: int, forward=None) -> tuple[float, float | None, float | None]:
+    """One optimizer step over grad_accum micro-batches; returns (mean LM loss over all ranks, grad norm before
+    clipping, mean MoE auxiliary loss over all ranks or None for a dense model).
 
     model: the module being trained (DDP or FSDP's wrapper under several processes); forward: what computes the
-    logits, model itself or its torch.compile'd version.
+    logits, model itself or its torch.compile'd version. A mixture-of-experts model trains on LM loss + its
+    `aux_loss()` (weighted router losses of the same forward pass).
     """
     forward = model if forward is None else forward
+    core = getattr(model, "module", model)  # the Transformer: DDP wraps it as .module, FSDP2 shards it in place
+    moe = core.cfg.n_experts > 0
     total = torch.zeros((), device=device)
+    aux_total = torch.zeros((), device=device)
     for i in range(cfg.grad_accum):
         batch = rank_rows(train.random_batch(), rank, world).to(device)  # (B, T+1)
         x, y = batch[:, :-1], batch[:, 1:]  # inputs and next-token targets, (B, T) each
@@ -293,12 +300,18 @@ def train_step(model, optimizer: AdamW, train: ShardDataset, cfg: TrainConfig, d
             with autocast:
                 logits = forward(x)  # (B, T, V)
             loss = cross_entropy(logits, y) / cfg.grad_accum  # mean over the step's tokens: equal counts everywhere
-            loss.backward()
+            if moe:  # load balance (+ z-loss) of this forward: no padding in packed windows
+                aux = core.aux_loss() / cfg.grad_accum
+                (loss + aux).backward()
+                aux_total += aux.detach()
+            else:
+                loss.backward()
         total += loss.detach()
     grad_norm = clip_grad_norm_(model.parameters(), cfg.grad_clip).item() if cfg.grad_clip > 0 else None
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return distributed.mean_over_ranks(total).item(), grad_norm
+    aux_loss = distributed.mean_over_ranks(aux_total).item() if moe else None
+    return distributed.mean_over_ranks(total).item(), grad_norm, aux_loss
 
 
 @torch.no_grad()
@@ -417,15 +430,17 @@ def _pretrain(cfg: TrainConfig, device: torch.device, resume: bool, progress: bo
             t0 = time.perf_counter()
             lr = cfg.lr_at(step)
             set_lr(optimizer, lr)
-            loss, grad_norm = train_step(wrapped, optimizer, train, cfg, device, autocast, rank, world, forward)
+            loss, grad_norm, aux_loss = train_step(wrapped, optimizer, train, cfg, device, autocast, rank, world,
+                                                   forward)
             step += 1
             seconds = time.perf_counter() - t0
             rate = tokens_per_step / seconds
             use = mfu(flops, rate / world, hw_peak.flops)  # per device
             losses.append(loss)
             rates.append(rate)
+            moe = {} if aux_loss is None else {"aux_loss": aux_loss}  # MoE: the weighted router losses added
             log.log("train", step, loss=loss, lr=lr, grad_norm=grad_norm, tokens=step * tokens_per_step,
-                    tokens_per_s=rate, mfu=use, seconds=seconds)
+                    tokens_per_s=rate, mfu=use, seconds=seconds, **moe)
             bar.update(task, completed=step, stats=f"loss {loss:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s  MFU {use:.1%}")
             if len(losses) == 1:  # AdamW's moments exist from the first step on
                 params = distributed.bytes_per_rank(model.parameters())

@@ -1,7 +1,6 @@
 """Mixture-of-experts top-k router with the Switch Transformer load-balancing loss.
 
-llmlab has no MoE layer yet, so the reference is written here; move it to llmlab/model/ (and import it here)
-when one lands.
+The reference is llmlab's own: `llmlab.model.moe.route` and `load_balancing_loss`, which the MoE layer runs.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from torch import Tensor
 
 from llmlab.drills.bank._gen import randint, randn
 from llmlab.drills.grader import Case, Drill
+from llmlab.model import moe
 
 STARTER = '''"""Drill: moe_router. Check with `llmlab drill check moe_router`."""
 import torch
@@ -30,14 +30,10 @@ def route(router_logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def route(router_logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    n, e = router_logits.shape
-    probs = router_logits.softmax(dim=-1)  # (N, E)
-    top_logits, experts = router_logits.topk(k, dim=-1)  # (N, k), most probable first
-    weights = top_logits.softmax(dim=-1)  # renormalised over the chosen k (Mixtral)
-    # Switch load balance: E * sum_e f_e P_e, f_e = share of assignments, P_e = mean router prob  (Fedus et al. 2022)
-    ones = torch.ones(n * k, dtype=probs.dtype)
-    counts = torch.zeros(e, dtype=probs.dtype).scatter_add_(0, experts.reshape(-1), ones)  # (E,) assignments
-    aux = e * (counts / (n * k) * probs.mean(dim=0)).sum()
+    weights, experts = moe.route(router_logits, k, normalize=True)  # renormalised over the chosen k (Mixtral)
+    # llmlab's (and HF Mixtral's) f_e counts assignments per token, summing to k; the drill's are shares of the N*k
+    # assignments, summing to 1 (Switch's top-1 form): the same loss divided by k
+    aux = moe.load_balancing_loss(router_logits, k) / k
     return weights, experts, aux
 
 

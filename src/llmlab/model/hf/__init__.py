@@ -2,8 +2,9 @@
 
 One module per family, each four pure functions: `config_from_hf`, `config_to_hf`, `state_from_hf`,
 `state_to_hf`. Import dispatches on `model_type`. Export writes a native family (gpt2, llama, mistral, qwen2,
-bert) when one expresses the config (`family_for`), else model_type "llmlab" (`remote`): our config embedded
-and our model code wrapped for transformers, loaded with `trust_remote_code=True`; `hf_model_type` says which.
+mixtral, qwen2_moe, bert) when one expresses the config (`family_for`), else model_type "llmlab" (`remote`): our
+config embedded and our model code wrapped for transformers, loaded with `trust_remote_code=True`; `hf_model_type`
+says which.
 Either way `AutoModelFor{CausalLM,MaskedLM}.from_pretrained(dir)` gives our logits, and `load_hf_model` our state.
 Weights load into a float32 model whatever dtype the checkpoint holds.
 """
@@ -21,27 +22,28 @@ from safetensors.torch import save_file
 
 from llmlab.errors import LlmlabError
 from llmlab.model.config import TransformerConfig
-from llmlab.model.hf import bert, gpt2, llama, remote
+from llmlab.model.hf import bert, gpt2, llama, moe, remote
 from llmlab.model.io import atomic_write, load_state_file
 from llmlab.model.transformer import Transformer
 
-FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama, "mistral": llama, "qwen2": llama, "bert": bert,
-                                   remote.MODEL_TYPE: remote}
+FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama, "mistral": llama, "qwen2": llama, "mixtral": moe,
+                                   "qwen2_moe": moe, "bert": bert, remote.MODEL_TYPE: remote}
 WEIGHTS_NAME, INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
 
 
 def family_for(cfg: TransformerConfig) -> str:
     """The native HF model_type that expresses cfg: bert (encoder), gpt2 (learned positions), llama/mistral/qwen2
-    (RoPE). Raises a one-line LlmlabError naming the first field that family cannot express."""
+    (RoPE), mixtral/qwen2_moe (RoPE and n_experts > 0). Raises a one-line LlmlabError naming the first field that
+    family cannot express."""
     if cfg.arch == "encoder":
         model_type = "bert"
     elif cfg.position == "learned":
         model_type = "gpt2"
     elif cfg.position == "rope":
-        model_type = llama.model_type_for(cfg)
+        model_type = moe.model_type_for(cfg) if cfg.n_experts else llama.model_type_for(cfg)
     else:
         raise LlmlabError(f"cannot export position={cfg.position!r} natively: HF families here need 'learned' "
-                          "(gpt2, bert) or 'rope' (llama, mistral, qwen2)")
+                          "(gpt2, bert) or 'rope' (llama, mistral, qwen2, mixtral, qwen2_moe)")
     FAMILIES[model_type].config_to_hf(cfg)  # the family's own checks: raises naming the field
     return model_type
 
