@@ -16,7 +16,8 @@ console = Console()
 
 def run(
     preset: str = typer.Option("tiny", help="Model size: tiny, small, gpt2-124m."),
-    style: str = typer.Option(None, help="Model family: gpt2, llama, mistral, qwen2 (default per preset)."),
+    style: str = typer.Option(None, help="Model family: gpt2, llama, mistral, qwen2, mixtral, "
+                                         "qwen2-moe (default per preset)."),
     out: Path = typer.Option(None, help="Run directory (default: runs/PRESET); rerunning reuses finished stages."),
     input: list[Path] = typer.Option(None, "--input", help="Text/JSONL files instead of the default corpus."),
     vocab_size: int = typer.Option(4096, min=300, help="BPE vocabulary size."),
@@ -29,13 +30,14 @@ def run(
     seed: int = typer.Option(0),
     sft_steps: int = typer.Option(300, min=0, help="SFT steps on the generated chat tasks (0: no post-training)."),
     dpo_steps: int = typer.Option(150, min=0, help="DPO steps from the SFT model (0: skip)."),
+    rpo_alpha: float = typer.Option(1.0, min=0.0, help="Weight of RPO's chosen-answer NLL in DPO (0: plain DPO)."),
     grpo_steps: int = typer.Option(60, min=0, help="GRPO steps from the SFT model (0: skip)."),
 ) -> None:
     out = Path("runs") / preset if out is None else out
     cfg = RunConfig(out_dir=str(out), inputs=[str(p) for p in input] if input else None, vocab_size=vocab_size,
                     preset=preset, style=style, backend=backend, batch_size=batch_size, seq_len=seq_len,
                     max_steps=steps, lr=lr, eval_interval=max(steps // 6, 1), seed=seed, device=device,
-                    sft_steps=sft_steps, dpo_steps=dpo_steps, grpo_steps=grpo_steps)
+                    sft_steps=sft_steps, dpo_steps=dpo_steps, dpo_rpo_alpha=rpo_alpha, grpo_steps=grpo_steps)
     report = run_pipeline(cfg, console)
     console.print(summary(report, cfg))
     if report.posttrain:
