@@ -52,7 +52,8 @@ app.command("info", help="Show a model's config, parameters and FLOPs (llmlab ru
 app.add_typer(tokenizer_cmds.app, name="tokenizer", help="Train byte-level BPE tokenizers and encode text with them.")
 app.add_typer(data_cmds.app, name="data", help="Corpus: fetch the default text (sha256-checked), prepare token shards.")
 app.add_typer(drill_cmds.app, name="drill", help="Drills: hand-write LLM building blocks, graded by llmlab's code.")
-app.add_typer(eval_cmds.app, name="eval", help="Evaluate a model: perplexity (strided), more to come.")
+app.add_typer(eval_cmds.app, name="eval", help="Evaluate a model (strided perplexity) and score text against "
+              "references (BLEU, chrF, ROUGE, METEOR).")
 app.add_typer(bench.app, name="bench", help="Benchmarks: ours vs the alternative, measured in one run.")
 
 err = Console(stderr=True, soft_wrap=True)
