@@ -17,7 +17,9 @@ def app_in_background(app, start_timeout: float = 30.0) -> Iterator[str]:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # the OS picks a free port; loopback only
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    # log_config=None: leave the host process's logging alone (uvicorn's default dictConfig closes every existing
+    # handler, e.g. one writing to a notebook's or a test's stderr); its warnings reach the root logger
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", log_config=None, timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
