@@ -38,7 +38,7 @@ def test_missing_model_dir_is_one_line(tmp_path, capsys):
 
 
 def test_export_rejects_unknown_format(tmp_path, capsys):
-    assert main(["export", str(tmp_path), "--format", "gguf", "--out", str(tmp_path / "o")]) == 2
+    assert main(["export", str(tmp_path), "--format", "onnx", "--out", str(tmp_path / "o")]) == 2
     assert "--format" in capsys.readouterr().err
 
 

@@ -29,3 +29,15 @@ def batch(padding: str, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torc
             mask[row, :n_pad] = 0
     pos = (mask.cumsum(-1) - 1).clamp(min=0) if padding == "left-pos" else None
     return ids, mask, pos
+
+
+def assert_round_trip(ours: torch.nn.Module, path) -> None:
+    """load_hf_model(path), path = save_hf_model(ours): the same config and bit-identical state (torch.equal)."""
+    from llmlab.model.hf import load_hf_model
+
+    back = load_hf_model(path)
+    assert back.cfg == ours.cfg
+    want, got = ours.state_dict(), back.state_dict()
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k

@@ -27,7 +27,17 @@ def odd_config() -> TransformerConfig:
     )
 
 
-@pytest.mark.parametrize("cfg", [TransformerConfig(), odd_config()], ids=["default", "odd"])
+def t5_config() -> TransformerConfig:
+    """An encoder-decoder with every seq2seq field set (T5 v1.0 style)."""
+    return TransformerConfig(
+        arch="encoder-decoder", vocab_size=97, d_model=48, n_layers=3, n_decoder_layers=2, n_heads=6, head_dim=16,
+        d_ff=80, decoder_start_token_id=1, position="t5_relative", rel_buckets=16, rel_max_distance=64,
+        attn_scale=1.0, activation="relu", gated_mlp=False, tie_embeddings=True, scale_head_input=True, dropout=0.1,
+        attn_dropout=0.1,
+    )
+
+
+@pytest.mark.parametrize("cfg", [TransformerConfig(), odd_config(), t5_config()], ids=["default", "odd", "t5"])
 def test_json_round_trip_gives_equal_config(cfg, tmp_path):
     """Reference: dataclass equality; to_json -> from_json (text and file) and to_dict -> from_dict are identities."""
     assert TransformerConfig.from_json(cfg.to_json()) == cfg
@@ -44,10 +54,16 @@ def test_json_round_trip_gives_equal_config(cfg, tmp_path):
 
 
 def test_round_trip_keeps_resolved_defaults():
-    """n_kv_heads and head_dim resolve at construction and survive the round-trip as numbers."""
+    """n_kv_heads and head_dim resolve at construction and survive the round-trip as numbers; so do an
+    encoder-decoder's n_decoder_layers and decoder_start_token_id."""
     cfg = TransformerConfig(d_model=64, n_heads=4)
     assert (cfg.n_kv_heads, cfg.head_dim) == (4, 16)
     assert TransformerConfig.from_json(cfg.to_json()).to_dict() == cfg.to_dict()
+    cfg = TransformerConfig(arch="encoder-decoder", n_layers=3, position="t5_relative")
+    assert (cfg.n_decoder_layers, cfg.decoder_start_token_id) == (3, 0)
+    assert TransformerConfig.from_json(cfg.to_json()) == cfg
+    assert cfg.replace(n_layers=5).n_decoder_layers == 5  # derived again; an explicit depth is kept
+    assert cfg.replace(n_decoder_layers=2).replace(n_layers=5).n_decoder_layers == 2
 
 
 def assert_config_error(excinfo, field: str) -> None:
@@ -57,6 +73,7 @@ def assert_config_error(excinfo, field: str) -> None:
     assert isinstance(excinfo.value, LlmlabError) and isinstance(excinfo.value, ValueError)
 
 
+SEQ2SEQ = dict(arch="encoder-decoder", position="t5_relative")
 # (constructor kwargs, the field the message must name)
 BAD = {
     "n_heads_not_dividing_d_model": (dict(d_model=30, n_heads=4), "n_heads"),
@@ -66,7 +83,7 @@ BAD = {
     "unknown_norm": (dict(norm="batchnorm"), "norm"),
     "unknown_norm_position": (dict(norm_position="sandwich"), "norm_position"),
     "unknown_activation": (dict(activation="swish"), "activation"),
-    "unknown_arch": (dict(arch="encoder-decoder"), "arch"),
+    "unknown_arch": (dict(arch="seq2seq"), "arch"),
     "unknown_backend": (dict(attn_backend="xformers"), "attn_backend"),
     "odd_head_dim_with_rope": (dict(d_model=36, n_heads=4, position="rope"), "head_dim"),
     "odd_explicit_head_dim_with_rope": (dict(d_model=32, n_heads=4, head_dim=7), "head_dim"),
@@ -82,6 +99,19 @@ BAD = {
     "dropout_one": (dict(dropout=1.0), "dropout"),
     "negative_norm_eps": (dict(norm_eps=-1e-5), "norm_eps"),
     "odd_d_model_sinusoidal": (dict(d_model=33, n_heads=3, position="sinusoidal"), "d_model"),
+    "attn_scale_zero": (dict(attn_scale=0.0), "attn_scale"),
+    "t5_relative_in_a_decoder": (dict(position="t5_relative"), "position"),
+    "t5_relative_with_flash": (dict(**SEQ2SEQ, attn_backend="flash"), "attn_backend"),
+    "rel_buckets_too_few": (dict(**SEQ2SEQ, rel_buckets=2), "rel_buckets"),
+    "rel_max_distance_within_exact": (dict(**SEQ2SEQ, rel_buckets=16, rel_max_distance=8), "rel_max_distance"),
+    "seq2seq_with_rope": (dict(arch="encoder-decoder", position="rope"), "position"),
+    "seq2seq_with_experts": (dict(**SEQ2SEQ, n_experts=4), "n_experts"),
+    "seq2seq_with_window": (dict(**SEQ2SEQ, sliding_window=4), "sliding_window"),
+    "zero_decoder_layers": (dict(**SEQ2SEQ, n_decoder_layers=0), "n_decoder_layers"),
+    "start_token_out_of_vocab": (dict(**SEQ2SEQ, decoder_start_token_id=256), "decoder_start_token_id"),
+    "decoder_layers_in_a_decoder": (dict(n_decoder_layers=2), "n_decoder_layers"),
+    "start_token_in_an_encoder": (dict(arch="encoder", decoder_start_token_id=0), "decoder_start_token_id"),
+    "head_scale_in_a_decoder": (dict(scale_head_input=True), "scale_head_input"),
 }
 
 

@@ -16,7 +16,7 @@ from llmlab.infer.generate import generate
 from llmlab.model.config import TransformerConfig
 from llmlab.model.hf.checkpoint import CHATML_JINJA, export_hf
 from llmlab.model.transformer import Transformer
-from llmlab.tokenizer import ByteTokenizer, load_tokenizer, train_tokenizer
+from llmlab.tokenizer import ByteTokenizer, load_tokenizer, sequence_start_id, train_tokenizer
 from tests.model.hf_helpers import randomise_
 
 tf = pytest.importorskip("transformers")
@@ -47,7 +47,7 @@ def exported(run_dir, tmp_path_factory):
 
 
 def test_files_and_model_type(exported):
-    assert exported.model_type == "llama" and exported.causal
+    assert exported.model_type == "llama" and exported.auto_class == "AutoModelForCausalLM"
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
             "generation_config.json"} <= set(exported.files)
 
@@ -79,7 +79,8 @@ def test_hf_generate_stops_at_our_stop_tokens(run_dir, exported):
     stops = ChatTemplate().stop_token_ids(ours_tok)
     gen = json.loads((exported.out_dir / "generation_config.json").read_text())
     assert gen["eos_token_id"] == stops and gen["pad_token_id"] == ours_tok.pad_id
-    assert gen["bos_token_id"] == ours_tok.bos_id
+    assert gen["bos_token_id"] == ours_tok.eos_id  # the sequence start of an llmlab run: documents follow eos
+    assert sequence_start_id(exported.out_dir, ours_tok) == sequence_start_id(run_dir, ours_tok) == ours_tok.eos_id
     hf_model = tf.AutoModelForCausalLM.from_pretrained(exported.out_dir).eval()
     ours = llmlab.load_model(run_dir)
     ids = torch.tensor([ours_tok.encode(render(CHAT[:2]), allowed_special="all")])

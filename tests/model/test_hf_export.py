@@ -20,7 +20,7 @@ from llmlab.model.config import RopeScaling, TransformerConfig  # noqa: E402
 from llmlab.model.hf import family_for, hf_model_type, load_hf_model, save_hf_model  # noqa: E402
 from llmlab.model.hf.remote import CODE_DIR, CODE_FILES  # noqa: E402
 from llmlab.model.transformer import Transformer  # noqa: E402
-from tests.model.hf_helpers import V, batch, randomise_  # noqa: E402
+from tests.model.hf_helpers import V, assert_round_trip, batch, randomise_  # noqa: E402
 
 tf = pytest.importorskip("transformers")
 tf.logging.set_verbosity_error()
@@ -114,13 +114,7 @@ def test_hf_loads_export_with_same_logits(exported, name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_round_trip_is_identity(exported, name):
     """load_hf_model(save_hf_model(model)): the same config and bit-identical state (torch.equal)."""
-    ours, path = exported(name)
-    back = load_hf_model(path)
-    assert back.cfg == ours.cfg
-    want, got = ours.state_dict(), back.state_dict()
-    assert want.keys() == got.keys()
-    for k in want:
-        assert torch.equal(want[k], got[k]), k
+    assert_round_trip(*exported(name))
 
 
 def test_static_ntk_exports_as_plain_rope_with_its_base(tmp_path):

@@ -17,10 +17,10 @@ from llmlab.errors import LlmlabError
 from llmlab.infer.chat_template import ChatTemplate, load_chat_template
 from llmlab.infer.generate import stream as generate_stream
 from llmlab.infer.sampling import SamplingParams
-from llmlab.model.io import is_run_dir, load_model
+from llmlab.model.io import load_model
 from llmlab.serve.detokenizer import Detokenizer
 from llmlab.serve.engine import Engine, engine_device
-from llmlab.tokenizer import find_tokenizer
+from llmlab.tokenizer import find_tokenizer, sequence_start_id
 
 MAX_NEW_TOKENS = typer.Option(128, "--max-new-tokens", min=1, help="Most tokens to generate (per answer in chat).")
 TEMPERATURE = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature; 0 = greedy.")
@@ -146,9 +146,8 @@ def compile_engine(engine: Engine, echo: Callable[[str], object]) -> None:
 
 
 def prompt_ids(model: Path, tokenizer, text: str) -> list[int]:
-    """A document start, then the text: llmlab runs trained on documents each followed by eos, so eos starts one;
-    an HF model gets its bos token when it has one."""
-    start = tokenizer.eos_id if is_run_dir(model) else getattr(tokenizer, "bos_id", None)
+    """The model's sequence start (`sequence_start_id`: eos for llmlab-trained models), then the text."""
+    start = sequence_start_id(model, tokenizer)
     return ([start] if start is not None else []) + tokenizer.encode(text)
 
 

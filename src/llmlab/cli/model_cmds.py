@@ -13,7 +13,8 @@ from llmlab.model.flops import count_params, flops_per_token
 from llmlab.model.io import load_model
 
 console = Console()
-MODEL_ARG = typer.Argument(..., help="An llmlab run directory or a Hugging Face checkpoint directory.")
+MODEL_ARG = typer.Argument(..., help="An llmlab run directory or a Hugging Face checkpoint directory "
+                                     "(info: also a .gguf file).")
 
 
 def export(
@@ -22,15 +23,28 @@ def export(
         "hf", "--format",
         help="Output format: hf (config.json, model.safetensors, the tokenizer files, chat template and "
              "generation_config.json), as a native HF family (gpt2, llama, mistral, qwen2, bert) when one "
-             "expresses the config, else as llmlab remote code (trust_remote_code=True)."),
-    out: Path = typer.Option(..., "--out", help="Directory to write."),
+             "expresses the config, else as llmlab remote code (trust_remote_code=True); gguf (one file for "
+             "llama.cpp: architecture llama, qwen2 or gpt2, with the tokenizer and chat template)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write (hf), or the .gguf file (gguf)."),
+    dtype: str = typer.Option(
+        None, "--dtype", help="gguf only: f32, f16 (default), bf16 or q8_0 for the matrices; norms and biases stay "
+                              "f32, as llama.cpp's convert_hf_to_gguf.py writes them."),
 ) -> None:
-    if format != "hf":
-        raise LlmlabError(f"--format {format!r} is not supported; supported: hf")
+    if format not in ("hf", "gguf"):
+        raise LlmlabError(f"--format {format!r} is not supported; supported: hf, gguf")
+    if format == "gguf":
+        from llmlab.model.gguf import export_gguf
+
+        done = export_gguf(model, out, dtype or "f16")
+        console.print(f"exported {model} -> {done.path} as GGUF {done.arch} ({dtype or 'f16'}): {done.n_tensors} "
+                      f"tensors, {done.n_bytes / 2**20:.2f} MiB ({done.n_bytes:,} bytes)", soft_wrap=True)
+        return
+    if dtype is not None:
+        raise LlmlabError("--dtype applies to --format gguf; --format hf keeps the model's float32 weights")
     from llmlab.model.hf.checkpoint import export_hf
 
     done = export_hf(model, out)
-    auto = "AutoModelForCausalLM" if done.causal else "AutoModelForMaskedLM"
+    auto = done.auto_class
     # soft_wrap: no line breaks inside paths or the from_pretrained call, which users copy
     if done.model_type == "llmlab":
         console.print(f"exported {model} -> {done.out_dir} as llmlab remote code (no native HF family expresses this "

@@ -97,12 +97,16 @@ def naive_attention(
     key_padding_mask: Tensor | None = None,
     segment_ids: Tensor | None = None,
     alibi: Tensor | None = None,
+    bias: Tensor | None = None,
     softcap: float | None = None,
     scale: float | None = None,
     dropout_p: float = 0.0,
     training: bool = False,
 ) -> Tensor:
-    """softmax(Q K^T / sqrt(d) + bias, masked) V, written out (Vaswani et al. 2017). alibi: head slopes (H,)."""
+    """softmax(Q K^T / sqrt(d) + bias, masked) V, written out (Vaswani et al. 2017).
+
+    alibi: head slopes (H,); bias: an additive score bias (B or 1, H, Tq, Tk), e.g. T5's relative position bias.
+    """
     tq, tk = q.shape[-2], k.shape[-2]
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
@@ -112,6 +116,8 @@ def naive_attention(
         scores = softcap * torch.tanh(scores / softcap)  # Gemma 2 logit soft-capping
     if alibi is not None:
         scores = scores + alibi_bias(alibi.to(scores.dtype), tq, tk, causal=causal)
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
     mask = build_attention_mask(tq, tk, causal=causal, window=window, key_padding_mask=key_padding_mask,
                                 segment_ids=segment_ids, device=q.device)
     if mask is not None:
@@ -134,12 +140,14 @@ def sdpa_attention(
     key_padding_mask: Tensor | None = None,
     segment_ids: Tensor | None = None,
     alibi: Tensor | None = None,
+    bias: Tensor | None = None,
     softcap: float | None = None,
     scale: float | None = None,
     dropout_p: float = 0.0,
     training: bool = False,
 ) -> Tensor:
-    """The same computation through `F.scaled_dot_product_attention` (fused kernels where available)."""
+    """The same computation through `F.scaled_dot_product_attention` (fused kernels where available); ALiBi and
+    `bias` reach it as its additive float mask."""
     if softcap is not None:
         raise ValueError("torch SDPA cannot soft-cap logits; use the naive or flash backend")
     tq, tk = q.shape[-2], k.shape[-2]
@@ -147,19 +155,23 @@ def sdpa_attention(
     enable_gqa = q.shape[1] != k.shape[1]
     mask = build_attention_mask(tq, tk, causal=causal, window=window, key_padding_mask=key_padding_mask,
                                 segment_ids=segment_ids, device=q.device)
-    if alibi is None and mask is not None and causal and window is None and key_padding_mask is None \
-            and segment_ids is None and tq == tk:
+    if alibi is None and bias is None and mask is not None and causal and window is None \
+            and key_padding_mask is None and segment_ids is None and tq == tk:
         # plain causal: let SDPA pick its causal kernel instead of reading a mask
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p,
                                               enable_gqa=enable_gqa)
     attn_mask: Tensor | None = mask
     if alibi is not None:
-        bias = alibi_bias(alibi.to(q.dtype), tq, tk, causal=causal)
+        slopes_bias = alibi_bias(alibi.to(q.dtype), tq, tk, causal=causal)
+        bias = slopes_bias if bias is None else bias + slopes_bias
+    additive = bias is not None
+    if additive:
+        bias = bias.to(q.dtype)
         # a finite fill keeps empty rows NaN-free (forward and backward); they are zeroed below
         attn_mask = bias if mask is None else bias.masked_fill(~mask, torch.finfo(q.dtype).min)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p,
                                          enable_gqa=enable_gqa)
-    if alibi is not None and mask is not None:
+    if additive and mask is not None:
         out = out.masked_fill(~mask.any(-1, keepdim=True), 0.0)  # rows with no visible key -> 0
     return out
 
@@ -178,44 +190,69 @@ def attend(backend: str, q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head / grouped-query / multi-query self-attention with separate Q, K, V and output projections."""
+    """Multi-head / grouped-query / multi-query attention with separate Q, K, V and output projections.
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    Self-attention by default; cross-attention (a decoder reading an encoder) when forward gets `kv`, the keys and
+    values `self.kv(encoder_output)` projected. causal: None -> cfg.causal (an encoder-decoder sets it per stack).
+    """
+
+    def __init__(self, cfg: TransformerConfig, causal: bool | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.causal = cfg.causal if causal is None else causal
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.out_bias)
 
+    def kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, T, d_model) -> keys, values (B, Hkv, T, D), before any RoPE."""
+        b, t, _ = x.shape
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, T, Hkv*D) -> (B, Hkv, T, D)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return k, v
+
     def forward(
         self,
         x: Tensor,
         *,
+        kv: tuple[Tensor, Tensor] | None = None,
         rope: tuple[Tensor, Tensor] | None = None,
         key_padding_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
         alibi: Tensor | None = None,
+        bias: Tensor | None = None,
         cache=None,
         layer: int = 0,
     ) -> Tensor:
         """x (B, T, d_model) -> (B, T, d_model). With a cache (see `Transformer.forward`), this layer's new K/V
-        are stored in it and the T queries attend over every key it returns; it also supplies the key padding."""
+        are stored in it and the T queries attend over every key it returns; it also supplies the key padding.
+
+        kv: cross-attention's keys and values (B, Hkv, Tk, D) from `self.kv(other_sequence)`, computed once and
+        reused by every decode step; key_padding_mask is then the other sequence's (B, Tk). bias: an additive score
+        bias (B or 1, H, T, Tk) such as T5's relative position bias."""
         b, t, _ = x.shape
-        # (B, T, H*D) -> (B, H, T, D)
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            # K/V of past tokens come from the cache: k, v (B, Hkv, Tk, D), Tk >= T; the T queries sit last
-            k, v, key_padding_mask = cache.update(layer, k, v)
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, T, H*D) -> (B, H, T, D)
+        if kv is None:
+            k, v = self.kv(x)
+            if rope is not None:
+                cos, sin = rope
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if cache is not None:
+                # K/V of past tokens come from the cache: k, v (B, Hkv, Tk, D), Tk >= T; the T queries sit last
+                k, v, key_padding_mask = cache.update(layer, k, v)
+        else:
+            k, v = kv
         cfg = self.cfg
-        kwargs = dict(causal=cfg.causal, window=cfg.sliding_window, key_padding_mask=key_padding_mask,
-                      alibi=alibi, softcap=cfg.attn_softcap, dropout_p=cfg.attn_dropout, training=self.training)
+        kwargs = dict(causal=self.causal, window=cfg.sliding_window, key_padding_mask=key_padding_mask,
+                      alibi=alibi, softcap=cfg.attn_softcap, scale=cfg.attn_scale, dropout_p=cfg.attn_dropout,
+                      training=self.training)
+        if bias is not None:
+            if cfg.attn_backend == "flash":
+                raise LlmlabError("an additive attention bias needs attn_backend 'naive' or 'sdpa'; our flash kernel "
+                                  "adds ALiBi slopes only")
+            kwargs["bias"] = bias
         if segment_ids is not None:
             if cfg.attn_backend == "flash":
                 raise LlmlabError("segment_ids (packed rows) need attn_backend 'naive' or 'sdpa'; our flash kernel "

@@ -1,4 +1,4 @@
-"""`TransformerConfig`: one dataclass that turns into GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE or BERT.
+"""`TransformerConfig`: one dataclass that turns into GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, BERT or T5.
 
 Every architectural choice is a field; the model code reads fields, it never branches on a family name.
 Values are checked at construction so a bad value fails here, naming the field, not deep in a forward pass.
@@ -14,8 +14,8 @@ from typing import Any
 
 from llmlab.errors import ConfigError
 
-ARCHS = ("decoder", "encoder")
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+ARCHS = ("decoder", "encoder", "encoder-decoder")
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5_relative", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
@@ -58,7 +58,8 @@ class TransformerConfig:
     """A Transformer stack. Defaults give a small Llama-style decoder."""
 
     # --- shape
-    arch: str = "decoder"  # decoder: causal LM; encoder: bidirectional stack with a masked-LM head (BERT)
+    arch: str = "decoder"  # decoder: causal LM; encoder: bidirectional stack with a masked-LM head (BERT);
+    # encoder-decoder: a bidirectional encoder and a causal decoder that cross-attends to it (T5; model.seq2seq)
     vocab_size: int = 256
     d_model: int = 128
     n_layers: int = 4
@@ -67,14 +68,19 @@ class TransformerConfig:
     head_dim: int | None = None  # None -> d_model // n_heads
     d_ff: int = 352
     max_seq_len: int = 256
+    n_decoder_layers: int | None = None  # encoder-decoder: decoder depth; None -> n_layers (the encoder's)
+    decoder_start_token_id: int | None = None  # encoder-decoder: the decoder's first input; None -> 0 (T5's pad)
     # --- positions
     position: str = "rope"
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
+    rel_buckets: int = 32  # t5_relative: buckets of key - query offsets, one learned bias per (bucket, head)
+    rel_max_distance: int = 128  # t5_relative: offsets this far or further share the last bucket
     # --- attention
     attn_backend: str = "sdpa"  # sdpa is the fast default; naive and flash are ours, tested equal to it
     sliding_window: int | None = None  # a query sees the `sliding_window` most recent keys, itself included
     attn_softcap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
+    attn_scale: float | None = None  # scores = scale * Q K^T; None -> 1/sqrt(head_dim); T5: 1.0 (folded into init)
     qkv_bias: bool = False
     out_bias: bool = False
     flash_block_q: int = 64
@@ -102,6 +108,7 @@ class TransformerConfig:
     n_token_types: int = 0  # segment embeddings (BERT's token_type); 0 -> none
     mlm_head_transform: bool = False  # dense + act + norm before the vocab projection (BERT's MLM head)
     lm_head_bias: bool = False
+    scale_head_input: bool = False  # encoder-decoder: h * d_model**-0.5 before the head (T5 with tied embeddings)
     # --- regularisation and init
     dropout: float = 0.0  # on embeddings and residual branches
     attn_dropout: float = 0.0  # on attention probabilities
@@ -154,7 +161,10 @@ class TransformerConfig:
             raise ConfigError(f"norm_eps={self.norm_eps} must be > 0")
         if self.n_token_types < 0:
             raise ConfigError(f"n_token_types={self.n_token_types} must be >= 0")
+        if self.attn_scale is not None and not self.attn_scale > 0:
+            raise ConfigError(f"attn_scale={self.attn_scale} must be > 0 or None (= 1/sqrt(head_dim))")
         self._check_moe()
+        self._check_seq2seq()
 
     def _check_moe(self) -> None:
         if not isinstance(self.n_experts, int) or self.n_experts < 0:
@@ -184,6 +194,41 @@ class TransformerConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if self.capacity_factor is not None and not self.capacity_factor > 0:
             raise ConfigError(f"capacity_factor={self.capacity_factor} must be > 0 or None (no token dropped)")
+
+    def _check_seq2seq(self) -> None:
+        if self.position == "t5_relative":
+            if self.arch != "encoder-decoder":
+                raise ConfigError(f"position='t5_relative' needs arch='encoder-decoder', not {self.arch!r}")
+            if self.attn_backend == "flash":
+                raise ConfigError("position='t5_relative' needs attn_backend 'naive' or 'sdpa': our flash kernel "
+                                  "adds ALiBi slopes, not a learned bias")
+            if not isinstance(self.rel_buckets, int) or self.rel_buckets < 4:
+                raise ConfigError(f"rel_buckets={self.rel_buckets!r} must be an integer >= 4")
+            if not isinstance(self.rel_max_distance, int) or self.rel_max_distance <= self.rel_buckets // 2:
+                raise ConfigError(f"rel_max_distance={self.rel_max_distance!r} must be an integer > rel_buckets // 2"
+                                  f" = {self.rel_buckets // 2} (the exact buckets come first)")
+        if self.arch != "encoder-decoder":  # no dead flags: these settings need a decoder reading an encoder
+            for name, default in (("n_decoder_layers", None), ("decoder_start_token_id", None),
+                                  ("scale_head_input", False)):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"{name}={getattr(self, name)!r} needs arch='encoder-decoder'")
+            return
+        if self.position not in ("t5_relative", "none"):
+            raise ConfigError(f"position={self.position!r} is not supported with arch='encoder-decoder': use "
+                              "'t5_relative' (T5) or 'none'")
+        for name, default in (("n_experts", 0), ("sliding_window", None), ("n_token_types", 0),
+                              ("mlm_head_transform", False), ("embed_norm", False)):
+            if getattr(self, name) != default:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not supported with arch='encoder-decoder'")
+        if self.n_decoder_layers is None:
+            self.n_decoder_layers = self.n_layers
+        if not isinstance(self.n_decoder_layers, int) or self.n_decoder_layers <= 0:
+            raise ConfigError(f"n_decoder_layers={self.n_decoder_layers!r} must be a positive integer")
+        if self.decoder_start_token_id is None:
+            self.decoder_start_token_id = 0
+        if not isinstance(self.decoder_start_token_id, int) or not 0 <= self.decoder_start_token_id < self.vocab_size:
+            raise ConfigError(f"decoder_start_token_id={self.decoder_start_token_id!r} must be a token id in "
+                              f"[0, vocab_size={self.vocab_size})")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)
@@ -232,10 +277,12 @@ class TransformerConfig:
         return cls.from_dict(d)
 
     def replace(self, **changes: Any) -> TransformerConfig:
-        """A copy with changes; head_dim and n_kv_heads that were derived are derived again."""
+        """A copy with changes; head_dim, n_kv_heads and n_decoder_layers that were derived are derived again."""
         if "head_dim" not in changes and self.head_dim == self.d_model // self.n_heads \
                 and {"d_model", "n_heads"} & set(changes):
             changes["head_dim"] = None
         if "n_kv_heads" not in changes and self.n_kv_heads == self.n_heads and "n_heads" in changes:
             changes["n_kv_heads"] = None
+        if "n_decoder_layers" not in changes and self.n_decoder_layers == self.n_layers and "n_layers" in changes:
+            changes["n_decoder_layers"] = None
         return dataclasses.replace(self, **changes)

@@ -1,4 +1,5 @@
-"""Saving and loading models: an llmlab run directory or a Hugging Face checkpoint directory, one entry point.
+"""Saving and loading models: an llmlab run directory or a Hugging Face checkpoint directory (or a GGUF file),
+one entry point.
 
 llmlab run dir: `model_config.json` (a TransformerConfig) + `model.safetensors` (our parameter names).
 HF dir: `config.json` with a `model_type` + `model.safetensors` (or sharded, with an index), as
@@ -18,10 +19,16 @@ from safetensors.torch import load_file, save_file
 
 from llmlab.errors import LlmlabError
 from llmlab.model.config import TransformerConfig
+from llmlab.model.seq2seq import EncoderDecoder
 from llmlab.model.transformer import Transformer
 
 CONFIG_NAME = "model_config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+
+def build_model(cfg: TransformerConfig) -> Transformer | EncoderDecoder:
+    """The model a config describes: an EncoderDecoder for arch='encoder-decoder' (T5), else a Transformer."""
+    return EncoderDecoder(cfg) if cfg.arch == "encoder-decoder" else Transformer(cfg)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -32,7 +39,7 @@ def is_hf_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
-def save_model(model: Transformer, out_dir: str | Path) -> Path:
+def save_model(model: Transformer | EncoderDecoder, out_dir: str | Path) -> Path:
     """Write config and weights into out_dir; each file is written to a temp name and renamed (atomic)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,12 +74,12 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
         raise LlmlabError(f"cannot read weights {path}: {e}") from None
 
 
-def load_run_dir(path: Path) -> Transformer:
+def load_run_dir(path: Path) -> Transformer | EncoderDecoder:
     try:
         cfg = TransformerConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
     except json.JSONDecodeError as e:
         raise LlmlabError(f"{path / CONFIG_NAME} is not valid JSON: {e}") from None
-    model = Transformer(cfg)
+    model = build_model(cfg)
     state = load_state_file(path / WEIGHTS_NAME)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if cfg.tie_embeddings and "lm_head.weight" in missing:
@@ -83,13 +90,18 @@ def load_run_dir(path: Path) -> Transformer:
     return model.eval()
 
 
-def load_model(path: str | Path) -> Transformer:
-    """Load an llmlab run directory or an HF checkpoint directory; returns a model in eval mode."""
+def load_model(path: str | Path) -> Transformer | EncoderDecoder:
+    """Load an llmlab run directory, an HF checkpoint directory or a GGUF file; returns a model in eval mode."""
     p = Path(path)
     if not p.exists():
         raise LlmlabError(f"model path {p} does not exist")
+    if p.is_file() and p.suffix == ".gguf":  # a llama.cpp file (llmlab export --format gguf)
+        from llmlab.model.gguf import load_gguf_model
+
+        return load_gguf_model(p)
     if not p.is_dir():
-        raise LlmlabError(f"model path {p} is not a directory (expected an llmlab run dir or an HF checkpoint dir)")
+        raise LlmlabError(f"model path {p} is not a directory (expected an llmlab run dir or an HF checkpoint dir) "
+                          "or a .gguf file")
     if is_run_dir(p):
         return load_run_dir(p)
     if is_hf_dir(p):

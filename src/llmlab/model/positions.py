@@ -1,4 +1,5 @@
-"""Position encodings: the sinusoidal table and rotary embeddings (RoPE) with its context-extension variants.
+"""Position encodings: the sinusoidal table, rotary embeddings (RoPE) with its context-extension variants, and
+T5's learned relative position bias.
 
 RoPE frequencies match HF transformers 5.24 (`modeling_rope_utils.py`) bit for bit in float32, and
 `apply_rope` uses HF's half-split pairing (x[i], x[i + D/2]), the layout HF Llama checkpoints assume.
@@ -198,3 +199,46 @@ class RotaryEmbedding(nn.Module):
         freqs = positions[..., None].float() * self.inv_freq.float()  # (B, T, D/2) angle = pos * inv_freq_i
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D): pair i and i + D/2 share an angle
         return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
+
+
+def t5_relative_bucket(relative_position: Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> Tensor:
+    """Key position - query position (any shape, int) -> bucket in [0, num_buckets)  (Raffel et al. 2020, sec. 2.1).
+
+    bidirectional (encoder): half the buckets for keys after the query, half for keys at or before it; otherwise
+    (decoder) keys after the query share bucket 0, as a causal mask hides them anyway. Within a direction, the first
+    half of the buckets are exact distances 0 .. max_exact - 1, the rest log-spaced up to max_distance, from which on
+    every distance shares the last bucket (Mesh TensorFlow's `_relative_position_bucket`, as HF T5 computes it).
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets  # keys after the query: the upper half
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)  # how far back the key is; later keys -> 0
+    max_exact = num_buckets // 2
+    # distance d >= max_exact: max_exact + log(d / max_exact) / log(max_distance / max_exact) * (buckets - max_exact)
+    log_bucket = max_exact + (torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
+                              * (num_buckets - max_exact)).to(torch.long)
+    log_bucket = log_bucket.clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < max_exact, distance, log_bucket)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's position encoding: a learned scalar per (offset bucket, head) added to the attention scores.
+
+    One table per stack (encoder: bidirectional buckets; decoder: causal ones), computed once per forward and added
+    in every layer of that stack. forward(q_len, k_len) -> (1, H, Tq, Tk); query i sits at position
+    i + (Tk - Tq), as in `attention`, so a cached decode step gets the row of its own position.
+    """
+
+    def __init__(self, num_buckets: int, max_distance: int, n_heads: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.weight = nn.Parameter(torch.empty(num_buckets, n_heads))  # (buckets, H)
+
+    def forward(self, q_len: int, k_len: int) -> Tensor:
+        q_pos = torch.arange(k_len - q_len, k_len, device=self.weight.device)[:, None]  # (Tq, 1)
+        k_pos = torch.arange(k_len, device=self.weight.device)[None, :]  # (1, Tk)
+        buckets = t5_relative_bucket(k_pos - q_pos, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.weight[buckets].permute(2, 0, 1)[None]  # (Tq, Tk, H) -> (1, H, Tq, Tk)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from llmlab.errors import LlmlabError
+from llmlab.errors import ConfigError, LlmlabError
 from llmlab.model.attention import Attention, alibi_slopes
 from llmlab.model.config import TransformerConfig
 from llmlab.model.mlp import MLP, activation
@@ -29,24 +29,39 @@ def init_parameter(name: str, p: Tensor, cfg: TransformerConfig) -> None:
 class Block(nn.Module):
     """pre-norm: x + f(norm(x))  (GPT-2, Llama);  post-norm: norm(x + f(x))  (Vaswani et al. 2017, BERT).
 
-    f is attention, then the MLP: a dense one, or a mixture of experts on the layers the config makes MoE.
+    f is self-attention, then the MLP: a dense one, or a mixture of experts on the layers the config makes MoE.
+    cross_attention=True (an encoder-decoder's decoder) puts attention over the encoder output between the two
+    (Vaswani et al. 2017, sec. 3.1). causal: None -> cfg.causal.
     """
 
-    def __init__(self, cfg: TransformerConfig, layer: int = 0) -> None:
+    def __init__(self, cfg: TransformerConfig, layer: int = 0, *, causal: bool | None = None,
+                 cross_attention: bool = False) -> None:
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, causal)
+        if cross_attention:
+            self.cross_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+            self.cross_attn = Attention(cfg, causal=False)
+        else:
+            self.cross_norm = self.cross_attn = None
         self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
+    def forward(self, x: Tensor, *, cross_kv: tuple[Tensor, Tensor] | None = None,
+                cross_mask: Tensor | None = None, **attn_kwargs) -> Tensor:
+        """x (B, T, d); attn_kwargs go to self-attention. cross_kv: the encoder output's keys and values for this
+        block (`self.cross_attn.kv(memory)`), cross_mask (B, S) its padding."""
+        x = self.residual(x, self.attn_norm, self.attn, **attn_kwargs)
+        if self.cross_attn is not None:
+            x = self.residual(x, self.cross_norm, self.cross_attn, kv=cross_kv, key_padding_mask=cross_mask)
+        return self.residual(x, self.mlp_norm, self.mlp)
+
+    def residual(self, x: Tensor, norm: nn.Module, f: nn.Module, **kwargs) -> Tensor:
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.attn_norm(x), **attn_kwargs))
-            return x + self.dropout(self.mlp(self.mlp_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attn(x, **attn_kwargs)))
-        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+            return x + self.dropout(f(norm(x), **kwargs))
+        return norm(x + self.dropout(f(x, **kwargs)))
 
 
 class Transformer(nn.Module):
@@ -56,6 +71,9 @@ class Transformer(nn.Module):
         super().__init__()
         from llmlab.model.positions import RotaryEmbedding, SinusoidalEmbedding
 
+        if cfg.arch == "encoder-decoder":
+            raise ConfigError("arch='encoder-decoder' is llmlab.model.seq2seq.EncoderDecoder; "
+                              "llmlab.model.io.build_model(cfg) picks the class")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.position == "learned" else None

@@ -2,10 +2,11 @@
 
 One module per family, each four pure functions: `config_from_hf`, `config_to_hf`, `state_from_hf`,
 `state_to_hf`. Import dispatches on `model_type`. Export writes a native family (gpt2, llama, mistral, qwen2,
-mixtral, qwen2_moe, bert) when one expresses the config (`family_for`), else model_type "llmlab" (`remote`): our
-config embedded and our model code wrapped for transformers, loaded with `trust_remote_code=True`; `hf_model_type`
-says which.
-Either way `AutoModelFor{CausalLM,MaskedLM}.from_pretrained(dir)` gives our logits, and `load_hf_model` our state.
+mixtral, qwen2_moe, bert, t5) when one expresses the config (`family_for`), else model_type "llmlab" (`remote`):
+our config embedded and our model code wrapped for transformers, loaded with `trust_remote_code=True`;
+`hf_model_type` says which. The wrapper holds a `Transformer`, so an encoder-decoder exports as t5 or not at all.
+Either way `AutoModelFor{CausalLM,MaskedLM,Seq2SeqLM}.from_pretrained(dir)` gives our logits, and `load_hf_model`
+our state.
 Weights load into a float32 model whatever dtype the checkpoint holds.
 """
 
@@ -22,20 +23,23 @@ from safetensors.torch import save_file
 
 from llmlab.errors import LlmlabError
 from llmlab.model.config import TransformerConfig
-from llmlab.model.hf import bert, gpt2, llama, moe, remote
-from llmlab.model.io import atomic_write, load_state_file
+from llmlab.model.hf import bert, gpt2, llama, moe, remote, t5
+from llmlab.model.io import atomic_write, build_model, load_state_file
+from llmlab.model.seq2seq import EncoderDecoder
 from llmlab.model.transformer import Transformer
 
 FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama, "mistral": llama, "qwen2": llama, "mixtral": moe,
-                                   "qwen2_moe": moe, "bert": bert, remote.MODEL_TYPE: remote}
+                                   "qwen2_moe": moe, "bert": bert, "t5": t5, remote.MODEL_TYPE: remote}
 WEIGHTS_NAME, INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
 
 
 def family_for(cfg: TransformerConfig) -> str:
-    """The native HF model_type that expresses cfg: bert (encoder), gpt2 (learned positions), llama/mistral/qwen2
-    (RoPE), mixtral/qwen2_moe (RoPE and n_experts > 0). Raises a one-line LlmlabError naming the first field that
-    family cannot express."""
-    if cfg.arch == "encoder":
+    """The native HF model_type that expresses cfg: t5 (encoder-decoder), bert (encoder), gpt2 (learned positions),
+    llama/mistral/qwen2 (RoPE), mixtral/qwen2_moe (RoPE and n_experts > 0). Raises a one-line LlmlabError naming
+    the first field that family cannot express."""
+    if cfg.arch == "encoder-decoder":
+        model_type = "t5"
+    elif cfg.arch == "encoder":
         model_type = "bert"
     elif cfg.position == "learned":
         model_type = "gpt2"
@@ -49,10 +53,13 @@ def family_for(cfg: TransformerConfig) -> str:
 
 
 def hf_model_type(cfg: TransformerConfig) -> str:
-    """The model_type `save_hf_model` writes: the native family if one expresses cfg, else "llmlab" (remote code)."""
+    """The model_type `save_hf_model` writes: the native family if one expresses cfg, else "llmlab" (remote code).
+    An encoder-decoder t5 cannot express raises: the remote-code wrapper holds a decoder- or encoder-only model."""
     try:
         return family_for(cfg)
-    except LlmlabError:
+    except LlmlabError as e:
+        if cfg.arch == "encoder-decoder":
+            raise LlmlabError(f"{e}; an encoder-decoder exports as t5 only (no remote-code seq2seq wrapper)") from None
         return remote.MODEL_TYPE
 
 
@@ -84,16 +91,19 @@ def read_hf_state(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_hf_model(path: str | Path) -> Transformer:
-    """An HF checkpoint dir (as `save_pretrained` writes it) -> Transformer in eval mode, float32."""
+def load_hf_model(path: str | Path) -> Transformer | EncoderDecoder:
+    """An HF checkpoint dir (as `save_pretrained` writes it) -> Transformer or EncoderDecoder, eval mode, float32."""
     p = Path(path)
     try:
         hf_config = json.loads((p / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise LlmlabError(f"cannot read {p / 'config.json'}: {e}") from None
     cfg = hf_config_to_llmlab(hf_config)
-    state = FAMILIES[hf_config["model_type"]].state_from_hf(read_hf_state(p), cfg)
-    model = Transformer(cfg)
+    hf_state = read_hf_state(p)
+    if hf_config["model_type"] == "t5":  # HF 5.24 writes tie_word_embeddings=true for every T5: the weights decide
+        cfg = t5.tie_from_state(cfg, hf_state)
+    state = FAMILIES[hf_config["model_type"]].state_from_hf(hf_state, cfg)
+    model = build_model(cfg)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # shapes that disagree with config.json
@@ -101,7 +111,7 @@ def load_hf_model(path: str | Path) -> Transformer:
     return model.eval()
 
 
-def save_hf_model(model: Transformer, out_dir: str | Path) -> Path:
+def save_hf_model(model: Transformer | EncoderDecoder, out_dir: str | Path) -> Path:
     """Write `config.json` + `model.safetensors` that `transformers.AutoModelFor*.from_pretrained` loads; for
     model_type "llmlab" (see `hf_model_type`) also the remote-code files, loaded with trust_remote_code=True."""
     cfg = model.cfg

@@ -56,7 +56,7 @@ def config_to_hf(cfg: TransformerConfig) -> dict[str, Any]:
     require(cfg, "bert", arch="encoder", position="learned", norm="layernorm", norm_position="post",
             embed_norm=True, gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True, n_kv_heads=cfg.n_heads,
             head_dim=cfg.d_model // cfg.n_heads, sliding_window=None, attn_softcap=None, mlm_head_transform=True,
-            lm_head_bias=True, n_experts=0)
+            lm_head_bias=True, n_experts=0, attn_scale=None)
     refuse_if(cfg.n_token_types < 1, "cannot export as bert: n_token_types=0, bert needs n_token_types >= 1")
     return {
         "model_type": "bert", "architectures": ["BertForMaskedLM"], "vocab_size": cfg.vocab_size,

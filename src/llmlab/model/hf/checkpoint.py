@@ -36,14 +36,14 @@ CHATML_JINJA = (
 class Export:
     out_dir: Path
     model_type: str  # a native HF family, or "llmlab" (remote code: trust_remote_code=True)
-    causal: bool
+    auto_class: str  # the transformers Auto class that opens it: AutoModelFor{CausalLM,MaskedLM,Seq2SeqLM}
     files: list[str]  # what the directory holds, sorted
 
 
 def export_hf(model_dir: str | Path, out_dir: str | Path) -> Export:
     """MODEL (llmlab run dir or HF dir) -> OUT, a checkpoint that transformers' Auto classes open whole."""
     from llmlab.model.hf import hf_model_type, save_hf_model
-    from llmlab.tokenizer import find_tokenizer
+    from llmlab.tokenizer import find_tokenizer, sequence_start_id
 
     src, out = Path(model_dir), Path(out_dir)
     if out.resolve() == src.resolve():
@@ -68,17 +68,21 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Export:
         if not (out / "chat_template.jinja").is_file() and "chat_template" not in config and has_chatml:
             atomic_write(out / "chat_template.jinja", lambda tmp: Path(tmp).write_text(CHATML_JINJA, "utf-8"))
         if not (out / "generation_config.json").is_file():
-            gen = generation_config(tokenizer, load_chat_template(out).stop_token_ids(tokenizer))
+            gen = generation_config(tokenizer, load_chat_template(out).stop_token_ids(tokenizer),
+                                    sequence_start_id(src, tokenizer))
             atomic_write(out / "generation_config.json",
                          lambda tmp: Path(tmp).write_text(json.dumps(gen, indent=2) + "\n"))
-    return Export(out, hf_model_type(model.cfg), model.cfg.causal, sorted(p.name for p in out.iterdir()))
+    auto = {"decoder": "AutoModelForCausalLM", "encoder": "AutoModelForMaskedLM",
+            "encoder-decoder": "AutoModelForSeq2SeqLM"}[model.cfg.arch]
+    return Export(out, hf_model_type(model.cfg), auto, sorted(p.name for p in out.iterdir()))
 
 
-def generation_config(tokenizer, stop_ids: list[int]) -> dict:
-    """HF's generation_config.json: eos_token_id lists every stop token (end of turn and eos), as Llama 3 does."""
+def generation_config(tokenizer, stop_ids: list[int], start_id: int | None) -> dict:
+    """HF's generation_config.json: bos_token_id the sequence start (for an llmlab run its eos: see
+    `sequence_start_id`), eos_token_id every stop token (end of turn and eos), as Llama 3 lists them."""
     gen: dict = {"_from_model_config": False}
-    if getattr(tokenizer, "bos_id", None) is not None:
-        gen["bos_token_id"] = tokenizer.bos_id
+    if start_id is not None:
+        gen["bos_token_id"] = start_id
     if stop_ids:
         gen["eos_token_id"] = stop_ids if len(stop_ids) > 1 else stop_ids[0]
     if getattr(tokenizer, "pad_id", None) is not None:

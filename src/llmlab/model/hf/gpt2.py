@@ -49,7 +49,7 @@ def config_to_hf(cfg: TransformerConfig) -> dict[str, Any]:
     require(cfg, "gpt2", arch="decoder", position="learned", norm="layernorm", norm_position="pre",
             embed_norm=False, gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True, n_kv_heads=cfg.n_heads,
             head_dim=cfg.d_model // cfg.n_heads, sliding_window=None, attn_softcap=None, n_token_types=0,
-            mlm_head_transform=False, lm_head_bias=False, n_experts=0)
+            mlm_head_transform=False, lm_head_bias=False, n_experts=0, attn_scale=None)
     return {
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": cfg.vocab_size,
         "n_positions": cfg.max_seq_len, "n_embd": cfg.d_model, "n_layer": cfg.n_layers, "n_head": cfg.n_heads,

@@ -144,7 +144,7 @@ def config_to_hf(cfg: TransformerConfig) -> dict[str, Any]:
     model_type = model_type_for(cfg)
     require(cfg, model_type, arch="decoder", position="rope", norm="rmsnorm", norm_position="pre",
             embed_norm=False, gated_mlp=True, attn_softcap=None, n_token_types=0, mlm_head_transform=False,
-            lm_head_bias=False, n_experts=0)
+            lm_head_bias=False, n_experts=0, attn_scale=None)
     if model_type == "qwen2":
         require(cfg, "qwen2", mlp_bias=False)
     elif cfg.qkv_bias != cfg.out_bias:

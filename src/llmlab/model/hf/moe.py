@@ -99,7 +99,8 @@ def config_to_hf(cfg: TransformerConfig) -> dict[str, Any]:
     model_type = model_type_for(cfg)
     require(cfg, model_type, arch="decoder", position="rope", norm="rmsnorm", norm_position="pre",
             embed_norm=False, gated_mlp=True, attn_softcap=None, n_token_types=0, mlm_head_transform=False,
-            lm_head_bias=False, out_bias=False, mlp_bias=False, capacity_factor=None, router_z_loss_coef=0.0)
+            lm_head_bias=False, out_bias=False, mlp_bias=False, capacity_factor=None, router_z_loss_coef=0.0,
+            attn_scale=None)
     refuse_if(cfg.n_experts == 0, f"cannot export as {model_type}: n_experts=0 (a dense model)")
     if model_type == "mixtral":
         require(cfg, "mixtral (qwen2_moe needs shared_expert_d_ff > 0)", qkv_bias=False, norm_topk_prob=True,

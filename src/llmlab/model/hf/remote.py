@@ -28,7 +28,10 @@ PREFIX = "transformer."  # the wrapper's attribute holding the Transformer
 def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
     if not isinstance(d.get("llmlab_config"), dict):
         raise LlmlabError("model_type='llmlab' config.json has no llmlab_config object (the TransformerConfig)")
-    return TransformerConfig.from_dict(d["llmlab_config"])
+    cfg = TransformerConfig.from_dict(d["llmlab_config"])
+    if cfg.arch == "encoder-decoder":
+        raise LlmlabError("model_type='llmlab' holds a Transformer; arch='encoder-decoder' exports as t5 instead")
+    return cfg
 
 
 def config_to_hf(cfg: TransformerConfig) -> dict[str, Any]:
