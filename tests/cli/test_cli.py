@@ -98,3 +98,18 @@ def test_help_keeps_bracketed_defaults(capsys):
         pass
     out = " ".join(capsys.readouterr().out.split())
     assert "[cosine]" in out and "[default: runs/pretrain]" in out
+
+
+def test_info_shows_active_parameters_of_a_moe_model(tmp_path, capsys):
+    """A mixture of experts: `llmlab info` adds the parameters one token uses (flops.count_params(cfg).active)."""
+    from llmlab import TransformerConfig, save_model
+    from llmlab.model.flops import count_params
+    from llmlab.model.transformer import Transformer
+
+    cfg = TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16, n_experts=4,
+                            n_experts_per_tok=2)
+    save_model(Transformer(cfg), tmp_path / "moe")
+    assert main(["info", str(tmp_path / "moe")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{count_params(cfg).active:,} (2 of 4 experts)" in out
+

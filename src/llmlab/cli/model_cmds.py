@@ -67,5 +67,7 @@ def info(model: Path = MODEL_ARG) -> None:
     for k, v in cfg.to_dict().items():
         t.add_row(k, str(v))
     t.add_row("parameters", f"{m.num_parameters():,} ({pc.non_embedding:,} non-embedding)")
+    if pc.inactive_experts:  # MoE: what one token computes with, the FLOPs below count these
+        t.add_row("active parameters per token", f"{pc.active:,} ({cfg.n_experts_per_tok} of {cfg.n_experts} experts)")
     t.add_row("training FLOPs/token @ max_seq_len", f"{flops_per_token(cfg):,.0f}")
     console.print(t)
