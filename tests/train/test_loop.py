@@ -153,8 +153,11 @@ def test_unknown_config_field_is_an_error():
 def test_model_config_checks(data, tmp_path):
     with pytest.raises(ConfigError, match="seq_len=128 exceeds the model's max_seq_len=64"):
         build_model_config(tiny_config(data, tmp_path, seq_len=128), 260)
-    with pytest.raises(ConfigError, match="encoder"):
+    with pytest.raises(ConfigError, match="arch='encoder' .*pretrain trains causal decoders"):
         build_model_config(TrainConfig(data="d", style="bert"), 260)
+    t5 = {"arch": "encoder-decoder", "position": "t5_relative"}
+    with pytest.raises(ConfigError, match="arch='encoder-decoder' .*pretrain trains causal decoders"):
+        build_model_config(TrainConfig(data="d", model_overrides=t5), 260)
     with pytest.raises(ConfigError, match="vocab_size=100 is smaller"):
         build_model_config(TrainConfig(data="d", model_overrides={"vocab_size": 100}), 260)
     with pytest.raises(ConfigError, match="model_overrides"):

@@ -195,7 +195,7 @@ def _equal_length_batches(windows: list[Window], batch_size: int) -> list[list[W
 def _check_model(model: torch.nn.Module, ids: Tensor) -> None:
     cfg = getattr(model, "cfg", None)
     if cfg is not None and cfg.arch != "decoder":
-        raise LlmlabError(f"perplexity needs a causal LM; this model is arch={cfg.arch!r} (a masked LM)")
+        raise LlmlabError(f"perplexity needs a causal LM; this model is arch={cfg.arch!r}")
     vocab = cfg.vocab_size if cfg is not None else model.config.vocab_size
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= vocab:

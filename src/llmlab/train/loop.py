@@ -244,7 +244,7 @@ def build_model_config(cfg: TrainConfig, vocab_size: int) -> TransformerConfig:
         except TypeError as e:  # an unknown keyword
             raise ConfigError(f"model_overrides: {e}") from None
     if not mcfg.causal:
-        raise ConfigError(f"style={cfg.style!r} is an encoder (arch={mcfg.arch!r}); pretrain trains causal decoders")
+        raise ConfigError(f"arch={mcfg.arch!r} (style={cfg.style!r}): pretrain trains causal decoders")
     if mcfg.vocab_size < vocab_size:
         raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the data's vocabulary ({vocab_size})")
     if cfg.seq_len > mcfg.max_seq_len:
