@@ -10,6 +10,7 @@ from rich.text import Text
 
 from llmlab.cli import (
     bench,
+    compress_cmds,
     data_cmds,
     drill_cmds,
     eval_cmds,
@@ -47,6 +48,8 @@ app.command("grpo", help="GRPO on tasks with checkable answers: group-normalized
 app.command("ppo", help="RLHF with PPO: value model, per-token KL to the SFT start, GAE; task or --reward-model.")(
     posttrain_cmds.ppo)
 app.command("export", help="Export MODEL (llmlab run dir or HF dir) to another format.")(model_cmds.export)
+app.command("compress", help="Quantize MODEL's Linear layers (int8, llm.int8, rtn, gptq, awq, nf4): write a run dir "
+                             "(--out) and/or compare perplexities on held-out text (--data).")(compress_cmds.compress)
 app.command("info", help="Show a model's config, parameters and FLOPs (llmlab run dir or HF dir).")(
     model_cmds.info)
 app.add_typer(tokenizer_cmds.app, name="tokenizer", help="Train byte-level BPE tokenizers and encode text with them.")

@@ -1,14 +1,10 @@
-"""Int8 absmax quantization, one scale per row.
-
-llmlab has no quantization module yet, so the reference is written here; move it to the library (and import it
-here) when one lands.
-"""
+"""Int8 absmax quantization, one scale per row. The reference is llmlab's own `compress.int8.quantize_absmax`."""
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
+from llmlab.compress.int8 import quantize_absmax
 from llmlab.drills.bank._gen import randint, randn
 from llmlab.drills.grader import Case, Drill
 
@@ -25,13 +21,6 @@ def quantize_absmax(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     raise NotImplementedError
 '''
-
-
-def quantize_absmax(x: Tensor) -> tuple[Tensor, Tensor]:
-    # absmax: scale = max|x| / 127 per row, q = round(x / scale)  (Dettmers et al. 2022)
-    scale = x.abs().amax(dim=-1, keepdim=True) / 127  # (..., 1)
-    q = torch.where(scale > 0, x / torch.where(scale > 0, scale, 1.0), 0.0)
-    return q.round().clamp(-127, 127).to(torch.int8), scale
 
 
 def examples() -> list[Case]:
