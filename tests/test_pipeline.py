@@ -38,6 +38,26 @@ def test_every_stage_runs_and_the_model_beats_the_unigram_baseline(finished):
     assert json.loads((out / "stages.json").read_text()).keys() == {"tokenizer", "data"}
 
 
+def test_compression_stage_measures_every_method(finished):
+    """Stage 10: the pretrained model quantized by each default method, measured on stage 5's windows (the fp32 row
+    is stage 5's val loss); int8 barely moves it, the 4-bit grids store ~4.3 bits per weight."""
+    _, report = finished
+    rows = {r["method"]: r for r in report.compression}
+    assert list(rows) == ["fp32", "int8", "rtn", "gptq", "awq", "nf4"]
+    assert rows["fp32"]["val_loss"] == pytest.approx(report.val_loss, abs=1e-6)
+    assert abs(rows["int8"]["val_loss"] - report.val_loss) < 0.01
+    for name in ("rtn", "gptq", "awq", "nf4"):
+        assert 4.0 < rows[name]["bits_per_weight"] < 4.6 and rows[name]["val_loss"] < report.uniform_loss
+    from rich.console import Console
+
+    from llmlab.cli.run_cmd import compression_table
+
+    console = Console(record=True, width=140)
+    console.print(compression_table(report))
+    text = console.export_text()
+    assert "4-bit, groups of 128" in text and f"{rows['gptq']['ppl']:.2f}" in text
+
+
 def test_rerun_reuses_finished_stages(finished):
     cfg, report = finished
     again = run(cfg)
@@ -55,7 +75,7 @@ def test_post_training_stages_run_measure_every_model_and_are_reused(tmp_path):
     """SFT -> DPO and SFT -> GRPO in a few steps each: every model is measured on the same held-out tasks and pairs,
     and a rerun reuses all three (whether each stage improves is measured by `make run`, see the README)."""
     cfg = small(tmp_path / "post", seq_len=128, max_steps=20, sft_examples=200, sft_steps=6, pref_pairs=100,
-                dpo_steps=3, grpo_steps=2, posttrain_eval=12)
+                dpo_steps=3, grpo_steps=2, posttrain_eval=12, compress_methods=())
     report = run(cfg)
     assert [r["stage"] for r in report.posttrain] == ["base", "SFT", "SFT + DPO", "SFT + GRPO"]
     for row in report.posttrain:
@@ -67,6 +87,12 @@ def test_post_training_stages_run_measure_every_model_and_are_reused(tmp_path):
     again = run(cfg)
     assert again.reused == ["tokenizer", "data", "pretrain", "sft", "dpo", "grpo"]
     assert [r["accuracy"] for r in again.posttrain] == [r["accuracy"] for r in report.posttrain]
+
+
+def test_unknown_compress_method_is_a_user_error_before_any_stage(tmp_path):
+    with pytest.raises(LlmlabError, match="compress method 'int3'"):
+        run(small(tmp_path / "r", compress_methods=("int8", "int3")))
+    assert not (tmp_path / "r").exists()
 
 
 def test_missing_input_is_a_user_error(tmp_path):

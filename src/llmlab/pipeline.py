@@ -74,6 +74,9 @@ class RunConfig:
     grpo_lr: float = 5e-4
     grpo_tasks: tuple[str, ...] = ("count_letter", "count_words")  # where SFT's samples get mixed rewards: a signal
     posttrain_eval: int = 200  # held-out examples and pairs each stage is measured on
+    # compression of the pretrained model (llmlab.compress; 4-bit methods: groups of 128); () skips the stage
+    compress_methods: tuple[str, ...] = ("int8", "rtn", "gptq", "awq", "nf4")
+    compress_calib_tokens: int = 4096  # GPTQ/AWQ calibration: the first train tokens
 
 
 @dataclass
@@ -95,6 +98,7 @@ class RunReport:
     samples: dict[str, str] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
     posttrain: list[dict] = field(default_factory=list)  # one row per model: stage, accuracy, pref_accuracy, seconds
+    compression: list[dict] = field(default_factory=list)  # one row per method: bits per weight, val loss, ppl
 
 
 class Stages:
@@ -135,6 +139,11 @@ def run(cfg: RunConfig, console: Console | None = None) -> RunReport:
     # a bad preset, style or backend is a one-line error now, not after fetching and preparing the data
     overrides = {"attn_backend": cfg.backend} if cfg.backend else {}
     preset(cfg.preset, cfg.style, vocab_size=cfg.vocab_size, **overrides)
+    from llmlab.compress.quantize_model import METHODS
+
+    unknown = [m for m in cfg.compress_methods if m not in METHODS]
+    if unknown:
+        raise LlmlabError(f"compress method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out)
@@ -214,7 +223,48 @@ def run(cfg: RunConfig, console: Console | None = None) -> RunReport:
     if cfg.sft_steps:
         report.posttrain = posttrain(out, model_dir, stages, report, cfg, console)
         (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=str) + "\n")
+
+    # 10. compression: the pretrained model quantized by each method, on the same held-out windows as stage 5
+    if cfg.compress_methods:
+        console.rule("[bold]10. compress")
+        report.compression = compress(model_dir, data_dir, cfg)
+        (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=str) + "\n")
     return report
+
+
+def compress(model_dir: Path, data_dir: Path, cfg: RunConfig) -> list[dict]:
+    """The pretrained model's Linear layers (not lm_head, embeddings) quantized by each of cfg.compress_methods
+    (4-bit ones: asymmetric, groups of 128), each measured by val loss on stage 5's 64 held-out windows; GPTQ and
+    AWQ calibrate on the first train tokens. Rows: method, bits per weight of the quantized layers, val loss, ppl."""
+    import copy
+
+    from llmlab.compress.calibration import calibration_batches
+    from llmlab.compress.groupwise import Scheme
+    from llmlab.compress.quantize_model import quantize_model
+    from llmlab.eval.perplexity import perplexity
+
+    base = load_model(model_dir)
+    seq = base.cfg.max_seq_len
+    train = np.asarray(open_shards(data_dir, "train")[1][0][: cfg.compress_calib_tokens], dtype=np.int64)
+    val = torch.from_numpy(np.concatenate(open_shards(data_dir, "val")[1]).astype(np.int64)[: 64 * seq])
+    calib = calibration_batches(torch.from_numpy(train), cfg.compress_calib_tokens, seq)
+
+    def val_loss(model) -> float:
+        r = perplexity(model, val, max_length=seq, stride=seq, batch_size=8)
+        return r.nll_sum / r.n_tokens
+
+    rows = [{"method": "fp32", "bits_per_weight": 32.0, "val_loss": val_loss(base), "seconds": None}]
+    for method in cfg.compress_methods:
+        t0 = time.perf_counter()
+        model = copy.deepcopy(base)
+        q = quantize_model(model, method, Scheme(4, 128), calib)
+        rows.append({"method": method, "grid": f"{q.bits}-bit" + (f", groups of {q.group_size}" if q.group_size
+                                                                  else ", per channel"),
+                     "bits_per_weight": 32.0 * q.nbytes / q.fp32_bytes, "val_loss": val_loss(model),
+                     "seconds": time.perf_counter() - t0})
+    for row in rows:
+        row["ppl"] = math.exp(row["val_loss"])
+    return rows
 
 
 def posttrain(out: Path, base_dir: Path, stages: Stages, report: RunReport, cfg: RunConfig, console: Console

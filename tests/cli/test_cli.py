@@ -9,7 +9,7 @@ from llmlab.model.io import load_model
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample" / "en.jsonl"
 TINY_RUN = ["run", "--input", str(SAMPLE), "--vocab-size", "320", "--steps", "3", "--batch-size", "2",
-            "--seq-len", "32", "--device", "cpu", "--sft-steps", "0"]  # post-training: tests/test_pipeline.py
+            "--seq-len", "32", "--device", "cpu", "--sft-steps", "0", "--compress", ""]  # tests/test_pipeline.py
 
 
 def test_run_writes_a_loadable_run_dir(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -32,16 +33,21 @@ def run(
     dpo_steps: int = typer.Option(150, min=0, help="DPO steps from the SFT model (0: skip)."),
     rpo_alpha: float = typer.Option(1.0, min=0.0, help="Weight of RPO's chosen-answer NLL in DPO (0: plain DPO)."),
     grpo_steps: int = typer.Option(60, min=0, help="GRPO steps from the SFT model (0: skip)."),
+    compress: str = typer.Option("int8,rtn,gptq,awq,nf4", "--compress",
+                                 help="Quantization methods for the pretrained model, comma-separated ('': skip)."),
 ) -> None:
     out = Path("runs") / preset if out is None else out
     cfg = RunConfig(out_dir=str(out), inputs=[str(p) for p in input] if input else None, vocab_size=vocab_size,
                     preset=preset, style=style, backend=backend, batch_size=batch_size, seq_len=seq_len,
                     max_steps=steps, lr=lr, eval_interval=max(steps // 6, 1), seed=seed, device=device,
-                    sft_steps=sft_steps, dpo_steps=dpo_steps, dpo_rpo_alpha=rpo_alpha, grpo_steps=grpo_steps)
+                    sft_steps=sft_steps, dpo_steps=dpo_steps, dpo_rpo_alpha=rpo_alpha, grpo_steps=grpo_steps,
+                    compress_methods=tuple(m.strip() for m in compress.split(",") if m.strip()))
     report = run_pipeline(cfg, console)
     console.print(summary(report, cfg))
     if report.posttrain:
         console.print(posttrain_table(report))
+    if report.compression:
+        console.print(compression_table(report))
 
 
 def summary(r: RunReport, cfg: RunConfig) -> Table:
@@ -77,3 +83,18 @@ def posttrain_table(r: RunReport) -> Table:
         secs = f"{row['seconds']:.0f} s" if row.get("seconds") is not None else "-"
         t.add_row(row["stage"], f"{row['accuracy']:.1%}", f"{row['sampled_accuracy']:.1%}", pref, secs)
     return t
+
+
+def compression_table(r: RunReport) -> Table:
+    """One row per quantization method of the pretrained model (llmlab.pipeline.compress), fp32 first."""
+    base = r.compression[0]["val_loss"]
+    t = Table(title="compression of the pretrained model: val loss on the held-out windows of stage 5")
+    for name in ("method", "grid", "bits / weight", "val loss", "perplexity", "delta ppl", "time"):
+        t.add_column(name, justify="left" if name in ("method", "grid") else "right")
+    for row in r.compression:
+        delta = "" if row["method"] == "fp32" else f"{row['ppl'] - math.exp(base):+.2f}"
+        secs = f"{row['seconds']:.0f} s" if row.get("seconds") is not None else "-"
+        t.add_row(row["method"], row.get("grid", "-"), f"{row['bits_per_weight']:.2f}", f"{row['val_loss']:.4f}",
+                  f"{row['ppl']:.2f}", delta, secs)
+    return t
+
