@@ -12,6 +12,7 @@ from llmlab.cli import (
     bench,
     compress_cmds,
     data_cmds,
+    diagnose_cmds,
     drill_cmds,
     eval_cmds,
     generate_cmds,
@@ -32,6 +33,8 @@ app.command("run", help="The main job, the whole pipeline on a preset: corpus, t
                         "evaluation, SFT, DPO, GRPO, post-training evaluation.")(run_cmd.run)
 app.command("pretrain", help="Pretrain a model on token shards: progress, val loss, samples, checkpoints, --resume.")(
     pretrain_cmds.pretrain)
+app.command("diagnose", help="Check a pretraining run's curves (NaN, spikes, plateaus, divergence, overfitting, "
+                             "init/unigram sanity); writes health.json, exit 1 on an error.")(diagnose_cmds.diagnose)
 app.command("generate", help="Generate text from MODEL (run dir or HF dir); --stream prints tokens as they come.")(
     generate_cmds.generate)
 app.command("chat", help="Chat with MODEL in the terminal, with its chat template (ChatML by default).")(

@@ -72,6 +72,8 @@ def pretrain(
     prompt: str = typer.Option(None, "--prompt", help="Text the samples continue [none: a document start]."),
     checkpoint_interval: int = typer.Option(None, "--checkpoint-interval", help="Steps between checkpoints [100]."),
     keep_checkpoints: int = typer.Option(None, "--keep-checkpoints", help="Checkpoints kept [2]."),
+    spike_warnings: bool = typer.Option(None, "--spike-warnings/--no-spike-warnings",
+                                        help="Print a line when the loss or grad norm spikes [yes]."),
     dtype: str = typer.Option(None, "--dtype", help="float32 or bfloat16 (autocast) [float32]."),
     compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model [no]."),
     activation_checkpointing: bool = typer.Option(None, "--activation-checkpointing/--no-activation-checkpointing",
@@ -88,8 +90,9 @@ def pretrain(
                  betas=_betas(betas) if betas else None, grad_clip=grad_clip, eval_interval=eval_interval,
                  eval_batches=eval_batches, sample_interval=sample_interval, sample_tokens=sample_tokens,
                  sample_prompt=prompt, checkpoint_interval=checkpoint_interval, keep_checkpoints=keep_checkpoints,
-                 dtype=dtype, compile=compile, activation_checkpointing=activation_checkpointing, device=device,
-                 strategy=strategy, peak_tflops=peak_tflops, seed=seed)
+                 spike_warnings=spike_warnings, dtype=dtype, compile=compile,
+                 activation_checkpointing=activation_checkpointing, device=device, strategy=strategy,
+                 peak_tflops=peak_tflops, seed=seed)
     given = {k: v for k, v in given.items() if v is not None}
     if config is not None:
         base = TrainConfig.from_json(config).to_dict()

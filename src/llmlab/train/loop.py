@@ -63,6 +63,7 @@ from llmlab.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from llmlab.train.health import SpikeWatch
 from llmlab.train.metrics import MetricsLogger
 from llmlab.train.mfu import Peak, mfu, peak
 from llmlab.train.optim import AdamW, clip_grad_norm_, param_groups_for_weight_decay
@@ -111,6 +112,7 @@ class TrainConfig:
     sample_prompt: str = ""
     checkpoint_interval: int = 100
     keep_checkpoints: int = 2
+    spike_warnings: bool = True  # print a line when the loss or grad norm spikes (llmlab.train.health)
     # --- execution
     dtype: str = "float32"  # "bfloat16": forward under torch.autocast; weights and optimizer stay fp32
     compile: bool = False
@@ -191,8 +193,8 @@ class TrainConfig:
 # changes the cosine/linear schedule from the checkpoint on; extend a run with the wsd or constant schedule to keep it.
 # Checkpoints hold full tensors under either strategy.)
 RESUME_MAY_CHANGE = ("data", "out_dir", "tokenizer", "max_steps", "eval_interval", "eval_batches", "sample_interval",
-                     "sample_tokens", "sample_prompt", "checkpoint_interval", "keep_checkpoints", "dtype", "compile",
-                     "activation_checkpointing", "device", "peak_tflops", "strategy")
+                     "sample_tokens", "sample_prompt", "checkpoint_interval", "keep_checkpoints", "spike_warnings",
+                     "dtype", "compile", "activation_checkpointing", "device", "peak_tflops", "strategy")
 
 
 @dataclass
@@ -422,6 +424,7 @@ def _pretrain(cfg: TrainConfig, device: torch.device, resume: bool, progress: bo
 
     val_loss = validate() if state is None else None
     losses, rates, start = [], [], time.perf_counter()
+    watch = SpikeWatch() if cfg.spike_warnings else None
     columns = (TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not (progress and is_main)) as bar:
@@ -442,6 +445,13 @@ def _pretrain(cfg: TrainConfig, device: torch.device, resume: bool, progress: bo
             log.log("train", step, loss=loss, lr=lr, grad_norm=grad_norm, tokens=step * tokens_per_step,
                     tokens_per_s=rate, mfu=use, seconds=seconds, **moe)
             bar.update(task, completed=step, stats=f"loss {loss:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s  MFU {use:.1%}")
+            if not (math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))):
+                # the weights took a non-finite update: stop before a checkpoint or model.safetensors saves them
+                log.plot(f"{out.name}: stopped at step {step}, non-finite loss or grad norm")
+                log.close()
+                raise LlmlabError(non_finite_message(step, loss, grad_norm, ckpt_dir, out))
+            for line in watch.update(step, loss, grad_norm) if watch is not None else ():
+                console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
             if len(losses) == 1:  # AdamW's moments exist from the first step on
                 params = distributed.bytes_per_rank(model.parameters())
                 moments = distributed.bytes_per_rank(t for s in optimizer.state.values() for t in s.values()
@@ -472,6 +482,14 @@ def _pretrain(cfg: TrainConfig, device: torch.device, resume: bool, progress: bo
     return TrainResult(out_dir=out, steps=step, losses=losses, val_loss=val_loss, tokens_per_s=tokens_per_s,
                        mfu=mfu(flops, tokens_per_s / world, hw_peak.flops), peak=hw_peak,
                        seconds=time.perf_counter() - start, is_main=is_main)
+
+
+def non_finite_message(step: int, loss: float, grad_norm: float | None, ckpt_dir: Path, out: Path) -> str:
+    what = f"loss is {loss}" if not math.isfinite(loss) else f"grad norm is {grad_norm}"
+    ckpt = latest_checkpoint(ckpt_dir)
+    last = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was written before it"
+    return (f"step {step}: the {what}; stopped without saving the broken weights, {last}; `llmlab diagnose {out}` "
+            f"shows what led up to it (lower lr or warm up longer)")
 
 
 def plain_model(mcfg: TransformerConfig, state: dict[str, torch.Tensor]) -> Transformer:

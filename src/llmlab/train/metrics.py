@@ -14,11 +14,13 @@ metrics.jsonl and TensorBoard is told to purge them too, so both show one trajec
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
 
+from llmlab.errors import LlmlabError
 from llmlab.model.io import atomic_write
 
 METRICS = "metrics.jsonl"
@@ -26,22 +28,38 @@ LOSS_PNG = "loss.png"
 TB_DIR = "tb"
 
 
-def read_metrics(path: Path | str) -> list[dict]:
-    """The records of a metrics.jsonl; a partial last line (the process was killed while writing it) is skipped."""
+def read_metrics(path: Path | str, strict: bool = False) -> list[dict]:
+    """The records of a metrics.jsonl; a partial last line (the process was killed while writing it) is skipped.
+
+    strict=True (for reading a run back, e.g. `llmlab diagnose`): a missing file, or an unreadable line anywhere but
+    at the end, is an LlmlabError naming it, instead of an empty or shorter list.
+    """
     path = Path(path)
     if not path.is_file():
+        if strict:
+            raise LlmlabError(f"{path}: no such file; pass a run directory written by `llmlab pretrain`")
         return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise LlmlabError(f"{path}: not UTF-8 text; the file is corrupt") from None
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for i, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            record = None
+        if isinstance(record, dict) and "kind" in record and "step" in record:
+            records.append(record)
+        elif strict and i < len(lines):
+            raise LlmlabError(f"{path}, line {i}: not a metrics record ({line[:60]!r}); the file is corrupt")
     return records
 
 
-def plot_loss(records: list[dict], path: Path | str, title: str = "") -> None:
-    """Train and validation loss against step, written to `path` as PNG (matplotlib's Agg canvas, no display)."""
+def plot_loss(records: list[dict], path: Path | str, title: str = "",
+              marks: Sequence[tuple[int, str, str]] = ()) -> None:
+    """Train and validation loss against step, written to `path` as PNG (matplotlib's Agg canvas, no display).
+    marks: (step, label, color) drawn as labelled dashed lines, e.g. llmlab.train.health's findings."""
     train = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
     val = [(r["step"], r["loss"]) for r in records if r["kind"] == "val"]
     fig = Figure(figsize=(7, 4.2), dpi=100)
@@ -50,6 +68,10 @@ def plot_loss(records: list[dict], path: Path | str, title: str = "") -> None:
         ax.plot(*zip(*train, strict=True), lw=0.8, alpha=0.8, label="train")
     if val:
         ax.plot(*zip(*val, strict=True), "o-", ms=3, label="val")
+    for step, label, color in marks:
+        ax.axvline(step, color=color, ls="--", lw=0.8)
+        ax.annotate(label, (step, 0.98), xycoords=("data", "axes fraction"), rotation=90, ha="right", va="top",
+                    fontsize=7, color=color)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
