@@ -55,7 +55,7 @@ def test_compression_stage_measures_every_method(finished):
     console = Console(record=True, width=140)
     console.print(compression_table(report))
     text = console.export_text()
-    assert "4-bit, groups of 128" in text and f"{rows['gptq']['ppl']:.2f}" in text
+    assert "4-bit g128" in text and f"{rows['gptq']['ppl']:.2f}" in text
 
 
 def test_rerun_reuses_finished_stages(finished):

@@ -258,8 +258,7 @@ def compress(model_dir: Path, data_dir: Path, cfg: RunConfig) -> list[dict]:
         t0 = time.perf_counter()
         model = copy.deepcopy(base)
         q = quantize_model(model, method, Scheme(4, 128), calib)
-        rows.append({"method": method, "grid": f"{q.bits}-bit" + (f", groups of {q.group_size}" if q.group_size
-                                                                  else ", per channel"),
+        rows.append({"method": method, "grid": f"{q.bits}-bit " + (f"g{q.group_size}" if q.group_size else "per row"),
                      "bits_per_weight": 32.0 * q.nbytes / q.fp32_bytes, "val_loss": val_loss(model),
                      "seconds": time.perf_counter() - t0})
     for row in rows:
