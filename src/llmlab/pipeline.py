@@ -227,43 +227,56 @@ def run(cfg: RunConfig, console: Console | None = None) -> RunReport:
     # 10. compression: the pretrained model quantized by each method, on the same held-out windows as stage 5
     if cfg.compress_methods:
         console.rule("[bold]10. compress")
-        report.compression = compress(model_dir, data_dir, cfg)
+        report.compression = compress(model_dir, data_dir, report.val_loss, cfg)
         (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=str) + "\n")
     return report
 
 
-def compress(model_dir: Path, data_dir: Path, cfg: RunConfig) -> list[dict]:
+def compress(model_dir: Path, data_dir: Path, fp32_val_loss: float, cfg: RunConfig) -> list[dict]:
     """The pretrained model's Linear layers (not lm_head, embeddings) quantized by each of cfg.compress_methods
-    (4-bit ones: asymmetric, groups of 128), each measured by val loss on stage 5's 64 held-out windows; GPTQ and
-    AWQ calibrate on the first train tokens. Rows: method, bits per weight of the quantized layers, val loss, ppl."""
+    (4-bit ones: asymmetric, groups of 128), each measured by val loss on stage 5's held-out windows (fp32_val_loss:
+    stage 5's figure for the unquantized model); GPTQ and AWQ calibrate on the first train tokens. Rows: method, bits
+    per weight of the quantized layers, val loss, ppl."""
     import copy
 
     from llmlab.compress.calibration import calibration_batches
     from llmlab.compress.groupwise import Scheme
     from llmlab.compress.quantize_model import quantize_model
-    from llmlab.eval.perplexity import perplexity
 
     base = load_model(model_dir)
     seq = base.cfg.max_seq_len
     train = np.asarray(open_shards(data_dir, "train")[1][0][: cfg.compress_calib_tokens], dtype=np.int64)
-    val = torch.from_numpy(np.concatenate(open_shards(data_dir, "val")[1]).astype(np.int64)[: 64 * seq])
+    val = val_windows(val_split(data_dir), seq)
     calib = calibration_batches(torch.from_numpy(train), cfg.compress_calib_tokens, seq)
-
-    def val_loss(model) -> float:
-        r = perplexity(model, val, max_length=seq, stride=seq, batch_size=8)
-        return r.nll_sum / r.n_tokens
-
-    rows = [{"method": "fp32", "bits_per_weight": 32.0, "val_loss": val_loss(base), "seconds": None}]
+    rows = [{"method": "fp32", "bits_per_weight": 32.0, "val_loss": fp32_val_loss, "seconds": None}]
     for method in cfg.compress_methods:
         t0 = time.perf_counter()
         model = copy.deepcopy(base)
         q = quantize_model(model, method, Scheme(4, 128), calib)
         rows.append({"method": method, "grid": f"{q.bits}-bit " + (f"g{q.group_size}" if q.group_size else "per row"),
-                     "bits_per_weight": 32.0 * q.nbytes / q.fp32_bytes, "val_loss": val_loss(model),
+                     "bits_per_weight": 32.0 * q.nbytes / q.fp32_bytes, "val_loss": windows_loss(model, val, seq),
                      "seconds": time.perf_counter() - t0})
     for row in rows:
         row["ppl"] = math.exp(row["val_loss"])
     return rows
+
+
+def val_split(data_dir: Path) -> np.ndarray:
+    return np.concatenate(open_shards(data_dir, "val")[1]).astype(np.int64)
+
+
+def val_windows(val: np.ndarray, seq: int) -> torch.Tensor:
+    """The held-out tokens stages 5 and 10 measure on: the first 64 windows of seq tokens of the val split (enough
+    for a stable figure on a CPU)."""
+    return torch.from_numpy(val[: 64 * seq])
+
+
+def windows_loss(model, val: torch.Tensor, seq: int) -> float:
+    """Mean next-token loss (nats) over non-overlapping windows of seq tokens."""
+    from llmlab.eval.perplexity import perplexity
+
+    r = perplexity(model, val, max_length=seq, stride=seq, batch_size=8)
+    return r.nll_sum / r.n_tokens
 
 
 def posttrain(out: Path, base_dir: Path, stages: Stages, report: RunReport, cfg: RunConfig, console: Console
@@ -382,20 +395,18 @@ def measure_chat_model(model_dir: Path, tasks: list[dict], pairs: list[dict], de
 
 @torch.no_grad()
 def evaluate(report: RunReport, model, tokenizer, data_dir: Path, cfg: RunConfig) -> None:
-    """Val loss over non-overlapping windows of the whole val split, unigram/uniform baselines, samples."""
-    from llmlab.eval.perplexity import perplexity
-
+    """Val loss over the first 64 non-overlapping windows of the val split, unigram/uniform baselines (whole
+    splits), samples."""
     manifest = read_manifest(data_dir)
     train = np.concatenate(open_shards(data_dir, "train")[1]).astype(np.int64)
-    val = np.concatenate(open_shards(data_dir, "val")[1]).astype(np.int64)
+    val = val_split(data_dir)
     report.params = model.num_parameters()
     report.train_tokens = int(len(train))
     report.unigram_loss = unigram_loss(train, val, manifest["vocab_size"])
     report.uniform_loss = uniform_loss(manifest["vocab_size"])
     seq = model.cfg.max_seq_len
-    val = val[: 64 * seq]  # 64 windows: enough for a stable figure on a CPU
-    result = perplexity(model, torch.from_numpy(val), max_length=seq, stride=seq, batch_size=8)
-    report.val_loss = result.nll_sum / result.n_tokens
+    val = val_windows(val, seq)
+    report.val_loss = windows_loss(model, val, seq)
     report.val_ppl = math.exp(report.val_loss)
     text_bytes = len(tokenizer.decode(val.tolist()).encode("utf-8"))
     report.bytes_per_token = text_bytes / len(val)

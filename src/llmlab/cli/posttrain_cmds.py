@@ -128,17 +128,23 @@ def _first_last(values: list[float], fmt: str = "{:.3f}") -> tuple[str, str]:
     return when, f"{fmt.format(sum(values[:k]) / k)} -> {fmt.format(sum(values[-k:]) / k)}"
 
 
-def _held_out(model: str, data: str, val: str | None, n: int) -> dict | None:
-    """Greedy accuracy of MODEL on the first n graded held-out examples (--val, else DATA/val.jsonl), or None."""
+def _held_out(data: str, val: str | None, n: int) -> list[dict] | None:
+    """The first n held-out examples (--val, else DATA/val.jsonl) for --accuracy, or None when n <= 0."""
     from llmlab.posttrain.chat_data import train_and_val
-    from llmlab.posttrain.sft import held_out_accuracy
 
     if n <= 0:
         return None
     _, held_out = train_and_val(data, val, "sft")
     if not held_out.examples:
         raise LlmlabError(f"--accuracy {n} needs held-out examples: pass --val, or a set dir with val.jsonl as --data")
-    return held_out_accuracy(model, held_out.examples[:n])
+    return held_out.examples[:n]
+
+
+def _greedy_accuracy(model: str, examples: list[dict] | None) -> dict | None:
+    """Greedy accuracy of MODEL on the graded ones of `examples` (None: not measured)."""
+    from llmlab.posttrain.sft import held_out_accuracy
+
+    return None if examples is None else held_out_accuracy(model, examples)
 
 
 def _accuracy_row(t: Table, before: dict | None, after: dict | None) -> None:
@@ -264,12 +270,13 @@ def grpo(
     if loss_type not in ("grpo", "dapo"):
         raise ConfigError(f"--loss-type {loss_type!r} must be grpo or dapo")
     data = _source(data, "--data")
-    before = _held_out(model, data, _source(val, "--val"), accuracy)
+    held_out = _held_out(data, _source(val, "--val"), accuracy)
+    before = _greedy_accuracy(model, held_out)
     r = train_grpo(model, data, out, group_size=group_size, prompts_per_step=prompts_per_step, beta=beta,
                    clip_eps=clip_eps, steps=steps, lr=lr, max_new_tokens=max_new_tokens, num_iterations=num_iterations,
                    temperature=temperature, format_reward=format_reward, loss_type=loss_type, seed=seed,
                    device=device)
-    after = _held_out(out, data, val, accuracy)
+    after = _greedy_accuracy(out, held_out)
     t = _table(f"llmlab grpo -> {r.out_dir}")
     when, span = _first_last(r.rewards)
     t.add_row(f"mean reward ({when})", span)
@@ -325,9 +332,10 @@ def ppo(
     if reward_model is not None and not Path(reward_model).is_dir():
         raise LlmlabError(f"--reward-model {reward_model}: no such directory (write one with `llmlab reward`)")
     data = _source(data, "--data")
-    before = _held_out(model, data, _source(val, "--val"), accuracy)
+    held_out = _held_out(data, _source(val, "--val"), accuracy)
+    before = _greedy_accuracy(model, held_out)
     r = train_ppo(model, data, out, cfg, resume=resume, progress=progress)
-    after = _held_out(out, data, val, accuracy)
+    after = _greedy_accuracy(out, held_out)
     t = _table(f"llmlab ppo -> {r.out_dir}")
     t.add_row("reward", f"reward model {reward_model}" if reward_model else "verifiable (grade: 1 right, 0 wrong)")
     when, span = _first_last(r.rewards)

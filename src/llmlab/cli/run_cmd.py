@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
@@ -87,12 +86,12 @@ def posttrain_table(r: RunReport) -> Table:
 
 def compression_table(r: RunReport) -> Table:
     """One row per quantization method of the pretrained model (llmlab.pipeline.compress), fp32 first."""
-    base = r.compression[0]["val_loss"]
+    base = r.compression[0]["ppl"]
     t = Table(title="compression of the pretrained model: val loss on the held-out windows of stage 5")
     for name in ("method", "grid", "bits / weight", "val loss", "perplexity", "delta ppl", "time"):
         t.add_column(name, justify="left" if name in ("method", "grid") else "right")
     for row in r.compression:
-        delta = "" if row["method"] == "fp32" else f"{row['ppl'] - math.exp(base):+.2f}"
+        delta = "" if row["method"] == "fp32" else f"{row['ppl'] - base:+.2f}"
         secs = f"{row['seconds']:.0f} s" if row.get("seconds") is not None else "-"
         t.add_row(row["method"], row.get("grid", "-"), f"{row['bits_per_weight']:.2f}", f"{row['val_loss']:.4f}",
                   f"{row['ppl']:.2f}", delta, secs)

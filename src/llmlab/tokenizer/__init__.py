@@ -43,8 +43,10 @@ def sequence_start_id(model: str | Path, tokenizer) -> int | None:
     for the same reason), else the tokenizer's bos; a .gguf file: its tokenizer's bos (the exports' eos too)."""
     import json
 
+    from llmlab.model.io import is_run_dir
+
     model = Path(model)
-    if (model / "model_config.json").is_file():
+    if is_run_dir(model):
         return tokenizer.eos_id
     gen = model / "generation_config.json"
     if gen.is_file():

@@ -90,6 +90,13 @@ class LlmlabPreTrainedModel(PreTrainedModel):
         return self.transformer(input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 token_type_ids=token_type_ids)
 
+    def _loss(self, logits: Tensor, labels: Tensor | None, kwargs: dict[str, Any]) -> Tensor | None:
+        """HF's loss for this class (next-token for CausalLM, per position for MaskedLM); None without labels."""
+        if labels is None:
+            return None
+        return self.loss_function(logits=logits, labels=labels, vocab_size=self.transformer.cfg.vocab_size,
+                                  num_items_in_batch=kwargs.get("num_items_in_batch"))
+
 
 class LlmlabForCausalLM(LlmlabPreTrainedModel, GenerationMixin):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
@@ -97,10 +104,7 @@ class LlmlabForCausalLM(LlmlabPreTrainedModel, GenerationMixin):
                 **kwargs: Any) -> CausalLMOutput | tuple[Tensor, ...]:
         """logits (B, T, vocab); with labels, the mean next-token loss (label i scores logits i-1; -100 ignored)."""
         logits = self._logits(input_ids, attention_mask, position_ids, token_type_ids, kwargs)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.transformer.cfg.vocab_size,
-                                      num_items_in_batch=kwargs.get("num_items_in_batch"))
+        loss = self._loss(logits, labels, kwargs)
         out = CausalLMOutput(loss=loss, logits=logits)
         return out if return_dict is not False else out.to_tuple()
 
@@ -120,9 +124,6 @@ class LlmlabForMaskedLM(LlmlabPreTrainedModel):
                 **kwargs: Any) -> MaskedLMOutput | tuple[Tensor, ...]:
         """logits (B, T, vocab); with labels, the mean loss over positions whose label is not -100."""
         logits = self._logits(input_ids, attention_mask, position_ids, token_type_ids, kwargs)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.transformer.cfg.vocab_size,
-                                      num_items_in_batch=kwargs.get("num_items_in_batch"))
+        loss = self._loss(logits, labels, kwargs)
         out = MaskedLMOutput(loss=loss, logits=logits)
         return out if return_dict is not False else out.to_tuple()
